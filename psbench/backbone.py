@@ -1,0 +1,145 @@
+"""open_clip backbones: named architectures, local checkpoints and tiny test configs, one code path.
+
+Real users pass ``arch="ViT-B-32-quickgelu"`` and the path of their own OpenAI CLIP weights; tests
+and the synthetic protocol use ``psbench-tiny`` (``psbench/model_configs``), randomly initialised or
+loaded from the checkpoint written by ``psbench data pretrain-clip``. Nothing is ever downloaded.
+
+The helpers below expose the ViT stages (patch embedding, blocks, head) so that video methods can
+change what happens between them without re-implementing CLIP.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be built or its weights could not be loaded."""
+
+
+def available_archs() -> list[str]:
+    return sorted(open_clip.list_models())
+
+
+def create_clip(arch: str, weights: str | Path | None = None) -> nn.Module:
+    """Build an open_clip CLIP model by architecture name, optionally loading local weights.
+
+    ``weights`` is a local file: a state dict saved with ``torch.save`` (loaded with
+    ``weights_only=True``) or a ``.safetensors`` file. Without weights the model is randomly
+    initialised (tests; the tiny model before pretraining).
+    """
+    if arch not in open_clip.list_models():
+        raise BackboneError(f"unknown backbone arch {arch!r}; valid: {', '.join(available_archs())}")
+    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneError(f"CLIP weights not found: {path}")
+        try:
+            open_clip.load_checkpoint(model, str(path), weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise BackboneError(f"could not load CLIP weights from {path}: {exc}") from exc
+        log.info("loaded CLIP weights %s into %s", path, arch)
+    return model
+
+
+def save_clip(model: nn.Module, path: str | Path) -> None:
+    """Save a CLIP model as an ordinary open_clip state-dict checkpoint (atomic)."""
+    from psbench.runs import atomic_torch_save
+
+    atomic_torch_save({"state_dict": model.state_dict()}, Path(path))
+
+
+class Tokenizer:
+    """open_clip's BPE tokenizer, truncated at ``max_words`` and padded to the model's context.
+
+    Sequences are ``[SOT] + tokens + [EOT]`` with at most ``max_words`` ids in total, then zero
+    padded to ``context_length`` (padding after EOT cannot change the causal EOT embedding).
+    """
+
+    def __init__(self, max_words: int, context_length: int) -> None:
+        if max_words > context_length:
+            raise ValueError(f"max_words={max_words} exceeds the text context length {context_length}")
+        self.max_words, self.context_length = max_words, context_length
+        self._bpe = SimpleTokenizer(context_length=max_words)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._bpe.encoder)
+
+    @property
+    def sot_id(self) -> int:
+        return self._bpe.sot_token_id
+
+    @property
+    def eot_id(self) -> int:
+        return self._bpe.eot_token_id
+
+    def encode_words(self, text: str) -> list[int]:
+        """BPE ids of ``text`` without SOT/EOT."""
+        return self._bpe.encode(text)
+
+    def __call__(self, texts: list[str]) -> Tensor:
+        ids = self._bpe(texts, context_length=self.max_words)  # (Q, max_words)
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        out[:, : self.max_words] = ids
+        return out  # (Q, context_length)
+
+
+def tokenizer_for(model: nn.Module, max_words: int) -> Tokenizer:
+    return Tokenizer(max_words=max_words, context_length=int(model.context_length))
+
+
+# -- ViT stages -----------------------------------------------------------------------------------
+
+
+def patch_tokens(visual: nn.Module, pixels: Tensor) -> Tensor:
+    """Patch embedding + class token + positional embedding, *before* ln_pre.
+
+    pixels (N, 3, H, W) -> (N, 1 + P, W).
+    """
+    x = visual.conv1(pixels)  # (N, W, g, g)
+    x = x.flatten(2).transpose(1, 2)  # (N, P, W)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, W)
+    x = torch.cat([cls, x], dim=1)  # (N, 1 + P, W)
+    return x + visual.positional_embedding.to(x.dtype)
+
+
+def embed_frames(visual: nn.Module, pixels: Tensor) -> Tensor:
+    """Tokens entering the first block: patch tokens after ``ln_pre``. (N, 3, H, W) -> (N, 1+P, W)."""
+    return visual.ln_pre(patch_tokens(visual, pixels))
+
+
+def blocks(visual: nn.Module) -> nn.ModuleList:
+    """The residual attention blocks of the vision transformer (batch-first)."""
+    if not getattr(visual.transformer, "batch_first", True):
+        raise BackboneError("psbench expects a batch-first open_clip vision transformer")
+    return visual.transformer.resblocks
+
+
+def head(visual: nn.Module, cls_token: Tensor) -> Tensor:
+    """ln_post + projection of the class token. (N, W) -> (N, D)."""
+    x = visual.ln_post(cls_token)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def frame_features(visual: nn.Module, pixels: Tensor) -> Tensor:
+    """Unmodified CLIP image features of single frames. (N, 3, H, W) -> (N, D)."""
+    x = embed_frames(visual, pixels)  # (N, T, W)
+    for block in blocks(visual):
+        x = block(x)
+    return head(visual, x[:, 0])

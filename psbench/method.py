@@ -1,0 +1,155 @@
+"""The RetrievalMethod contract: what is timed is what ranks.
+
+``encode_video`` runs offline, once per gallery video, and never sees text. ``encode_text`` runs
+online per query. ``similarity`` is the online scoring stage the engine calls block by block, and
+the very function the efficiency benchmark times. ``Encoded`` is a dict of tensors whose leading
+dimension is the number of items, so the engine can slice, concatenate, cache and shard it without
+knowing the method.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psbench.registry import Registry
+
+Encoded = dict[str, Tensor]
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    frames: (B, F, 3, H, W) normalised pixels; mask: (B, F) bool, True for a real frame;
+    tokens: (B, L) int64 token ids; video_ids: B ids (for de-duplication and error messages).
+    caption_tokens: optional (B, L) ids for auxiliary losses (Prompt Switch's captioner).
+    """
+
+    frames: Tensor
+    mask: Tensor
+    tokens: Tensor
+    video_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.frames.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+            self.tokens.to(device, non_blocking=True),
+            list(self.video_ids),
+        )
+
+
+def symmetric_infonce(logits: Tensor) -> Tensor:
+    """Symmetric InfoNCE over a (B_text, B_video) logit matrix with the diagonal as positives.
+
+    The two directions are averaged (CLIP4Clip, X-Pool, Prompt Switch, TS2-Net).
+    """
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
+    return F.normalize(x, dim=dim, eps=1e-6)
+
+
+def masked_mean_of_normalized(frame_features: Tensor, mask: Tensor) -> Tensor:
+    """CLIP4Clip meanP: L2-normalise frames, average valid frames, L2-normalise again.
+
+    frame_features: (B, F, D); mask: (B, F) bool -> (B, D). A zero mask count is replaced by 1.
+    """
+    frames = l2_normalize(frame_features)  # (B, F, D)
+    weights = mask.to(frames.dtype).unsqueeze(-1)  # (B, F, 1)
+    pooled = (frames * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
+    return l2_normalize(pooled)
+
+
+class RetrievalMethod(nn.Module, ABC):
+    """Base class of every text-video retrieval method.
+
+    Subclasses receive an open_clip ``CLIP`` model and their options (from the protocol's
+    ``[method]`` table; unknown options are an error). They must keep the pretrained CLIP
+    parameters under ``self.clip`` so that parameter groups can tell CLIP from new parameters.
+    """
+
+    name: ClassVar[str] = ""
+    #: one stored vector per video (offline) -> similarity is a dot product
+    offline_embedding: ClassVar[bool] = True
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    # -- the contract ---------------------------------------------------------------------------
+    def encode_text(self, tokens: Tensor) -> Encoded:
+        """tokens (Q, L) -> {"text": (Q, D) L2-normalised EOT embedding}."""
+        return {"text": l2_normalize(self.clip.encode_text(tokens))}
+
+    @abstractmethod
+    def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
+        """frames (N, F, 3, H, W), mask (N, F) -> Encoded with leading dim N. Never sees text."""
+
+    def similarity(self, text: Encoded, video: Encoded) -> Tensor:
+        """(Q, N) cosine scores; default: dot product of normalised vectors."""
+        return text["text"] @ video["video"].t()  # (Q, D) @ (D, N) -> (Q, N)
+
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """Symmetric InfoNCE over the batch; returns {"loss": total, ...components}."""
+        text = self.encode_text(batch.tokens)
+        video = self.encode_video(batch.frames, batch.mask)
+        logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B)
+        loss = symmetric_infonce(logits)
+        return {"loss": loss, "contrastive": loss.detach()}
+
+    # -- shared helpers ------------------------------------------------------------------------
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale
+
+    def clamp_logit_scale(self) -> None:
+        """Clamp the learnable temperature to at most ln(100) (after each optimiser step)."""
+        with torch.no_grad():
+            self.clip.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+    def new_parameter_names(self) -> set[str]:
+        """Names of parameters that are not pretrained CLIP weights (trained at the 'new' lr)."""
+        return {n for n, _ in self.named_parameters() if not n.startswith("clip.")}
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Split trainable parameters into {"clip": [...], "new": [...]} by name."""
+        new = self.new_parameter_names()
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"clip": [], "new": []}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                groups["new" if name in new else "clip"].append((name, param))
+        return groups
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method-specific facts recorded in the run directory (e.g. deviations in effect)."""
+        return {}
+
+
+METHODS: Registry[type[RetrievalMethod]] = Registry("method")
+
+
+def create_method(name: str, clip: nn.Module, options: dict[str, Any] | None = None) -> RetrievalMethod:
+    """Build a registered method from its name and options, rejecting unknown options by name."""
+    cls = METHODS.get(name)
+    options = dict(options or {})
+    import inspect
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "clip"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid: {', '.join(sorted(accepted)) or '(none)'}"
+        )
+    return cls(clip, **options)
