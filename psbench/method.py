@@ -9,6 +9,7 @@ knowing the method.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -144,12 +145,9 @@ def create_method(name: str, clip: nn.Module, options: dict[str, Any] | None = N
     """Build a registered method from its name and options, rejecting unknown options by name."""
     cls = METHODS.get(name)
     options = dict(options or {})
-    import inspect
-
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "clip"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid: {', '.join(sorted(accepted)) or '(none)'}"
-        )
+        valid = ", ".join(sorted(accepted)) or "(none)"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid: {valid}")
     return cls(clip, **options)

@@ -1,0 +1,284 @@
+"""The psbench command line: parse, build a config, call a library function, show the result."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from psbench.registry import UnknownKeyError
+
+app = typer.Typer(
+    help="psbench: train, evaluate and compare CLIP-based text-video retrieval methods under fixed protocols.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare data: the synthetic set and the tiny CLIP.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" at INFO level
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _command_line() -> str:
+    return "psbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def default_protocol_for(dataset: str) -> str:
+    """The protocol named like the dataset, else the shortest-named protocol for that dataset."""
+    from psbench.protocol import list_protocols, load_protocol
+
+    names = list_protocols()
+    if dataset in names:
+        return dataset
+    matches = sorted((n for n in names if load_protocol(n).get("data", {}).get("dataset") == dataset), key=len)
+    if not matches:
+        from psbench.data.datasets import DATASETS
+
+        raise UnknownKeyError("dataset", dataset, DATASETS.names())
+    return matches[0]
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name (see `psbench methods`).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset; selects its default protocol.")] = (
+        "synthetic"
+    ),
+    protocol: Annotated[str | None, typer.Option(help="Protocol name or .toml path (default: the dataset's).")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed(s); default: the protocol's first seed.")] = None,
+    all_seeds: Annotated[bool, typer.Option("--all-seeds", help="Run every seed the protocol lists.")] = False,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset root (default: the protocol's).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local CLIP checkpoint (state dict or safetensors).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are created.")] = Path("runs"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: train.epochs=0, options.num_prompts=3.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train and evaluate one method under a protocol; write a run directory.
+
+    Example: `psbench run --method meanpool --dataset synthetic --set train.epochs=0` (zero-shot row)
+    """
+    _setup_logging(verbose)
+    from psbench.progress import RichProgress
+    from psbench.protocol import load_protocol, parse_set, resolve
+    from psbench.runner import run as run_one
+
+    try:
+        proto = load_protocol(protocol or default_protocol_for(dataset))
+        if proto.get("data", {}).get("dataset") != dataset and protocol is None:
+            _fail(f"protocol {proto['name']} is not for dataset {dataset}")
+        seeds = list(proto["seeds"]) if all_seeds else (seed or [int(proto["seeds"][0])])
+        from psbench.method import METHODS
+        from psbench.runner import baselines  # noqa: F401 - registers methods
+
+        METHODS.get(method)
+        sets = parse_set(set_ or [])
+        dirs = []
+        for s in seeds:
+            cfg = resolve(proto, method, s, sets)
+            with RichProgress(console=err_console) as progress:
+                run_dir = run_one(cfg, runs_dir, data_root, weights, device, progress, command=_command_line())
+            dirs.append(run_dir)
+            _print_run(run_dir)
+    except (UnknownKeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+def _print_run(run_dir: Path) -> None:
+    from psbench.runs import read_json
+
+    m = read_json(run_dir / "metrics.json")
+    table = Table(title=f"{m['method']} on {m['protocol']} (seed {m['seed']}) — {run_dir}")
+    table.add_column("direction")
+    for key in ("R1", "R5", "R10", "MdR", "MnR"):
+        table.add_column(key, justify="right")
+    for direction in ("t2v", "v2t"):
+        table.add_row(direction, *(f"{m[direction][k]:.1f}" for k in ("R1", "R5", "R10", "MdR", "MnR")))
+    console.print(table)
+    if m.get("order_accuracy") is not None:
+        console.print(f"order accuracy: {m['order_accuracy']:.1f}%  (own video scored above its reversed twin)")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `psbench run`.")],
+    data_root: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run used).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Re-evaluate a finished run from its checkpoint; writes eval_<time>.json in the run directory.
+
+    Example: `psbench eval runs/20261129T190000_000000Z_synthetic_meanpool_s0`
+    """
+    _setup_logging(verbose)
+    from psbench.progress import RichProgress
+    from psbench.reevaluate import reevaluate
+
+    try:
+        with RichProgress(console=err_console) as progress:
+            out = reevaluate(run_dir, data_root, device, progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    from psbench.runs import read_json
+
+    m = read_json(out)
+    for direction in ("t2v", "v2t"):
+        console.print(direction, {k: round(v, 2) for k, v in m[direction].items()})
+    if m.get("order_accuracy") is not None:
+        console.print(f"order accuracy: {m['order_accuracy']:.1f}%")
+    console.print(f"written {out}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods.
+
+    Example: `psbench methods`
+    """
+    from psbench.method import METHODS
+    from psbench.runner import baselines  # noqa: F401 - registers methods
+
+    table = Table(title="methods")
+    table.add_column("name")
+    table.add_column("video representation")
+    table.add_column("description")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        kind = "one vector (offline)" if cls.offline_embedding else "per-frame (text-conditioned online)"
+        table.add_row(name, kind, (cls.__doc__ or "").strip().splitlines()[0])
+    console.print(table)
+
+
+@app.command()
+def protocols() -> None:
+    """List the protocols and their main settings.
+
+    Example: `psbench protocols`
+    """
+    from psbench.protocol import list_protocols, load_protocol
+
+    table = Table(title="protocols")
+    for col in ("name", "version", "dataset", "seeds", "description"):
+        table.add_column(col)
+    for name in list_protocols():
+        p = load_protocol(name)
+        table.add_row(
+            name, str(p["version"]), p.get("data", {}).get("dataset", ""), str(p["seeds"]), p.get("description", "")
+        )
+    console.print(table)
+
+
+@app.command()
+def table(
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories or folders of runs.")] = None,
+) -> None:
+    """Print the results of finished runs: mean ± std over seeds per protocol and method.
+
+    Example: `psbench table runs/`
+    """
+    from psbench.summary import format_cell, load_runs, summarize
+
+    df = summarize(load_runs(runs or [Path("runs")]))
+    if df.empty:
+        _fail("no finished runs found")
+    for (protocol, phash), group in df.groupby(["protocol", "protocol_hash"], sort=False):
+        t = Table(title=f"{protocol} (protocol hash {phash})")
+        t.add_column("method")
+        t.add_column("epochs", justify="right")
+        t.add_column("seeds", justify="right")
+        for d in ("t2v", "v2t"):
+            for k in ("R1", "R5", "R10", "MdR", "MnR"):
+                t.add_column(f"{d} {k}", justify="right")
+        t.add_column("order acc.", justify="right")
+        for _, row in group.iterrows():
+            cells = [row["method"], str(row["epochs"]), str(row["seeds"])]
+            for d in ("t2v", "v2t"):
+                for k in ("R1", "R5", "R10", "MdR", "MnR"):
+                    cells.append(format_cell(row[f"{d}_{k}"], row[f"{d}_{k}_std"], row["seeds"]))
+            cells.append(format_cell(row["order_accuracy"], row["order_accuracy_std"], row["seeds"]))
+            t.add_row(*cells)
+        console.print(t)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/synthetic"),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    workers: Annotated[int, typer.Option(help="Encoding processes.")] = 2,
+) -> None:
+    """Generate the synthetic data set (videos + MSR-VTT-format annotations) deterministically.
+
+    Example: `psbench data synth --out data/synthetic --seed 0`
+    """
+    _setup_logging(False)
+    from psbench.data.synthetic import generate_synthetic
+    from psbench.progress import RichProgress
+
+    with RichProgress(console=err_console) as progress, progress.task("write synthetic videos", None) as task:
+        state = {"done": 0}
+
+        def report(done: int, total: int) -> None:
+            task.advance(done - state["done"])
+            state["done"] = done
+
+        meta = generate_synthetic(out, seed=seed, workers=workers, progress=report)
+    console.print(f"synthetic set in {out}: {meta.get('counts', meta)}")
+
+
+@data_app.command("pretrain-clip")
+def data_pretrain_clip(
+    root: Annotated[Path, typer.Option(help="Synthetic data root (with frame_captions.json).")] = Path(
+        "data/synthetic"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Checkpoint path (default: ROOT/tiny_clip.pt).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    force: Annotated[bool, typer.Option(help="Retrain even if a matching checkpoint exists.")] = False,
+) -> None:
+    """Pretrain the tiny CLIP on single synthetic frames and save an open_clip checkpoint (cached).
+
+    Example: `psbench data pretrain-clip --root data/synthetic`
+    """
+    _setup_logging(False)
+    from psbench.pretrain import PretrainConfig, pretrain_tiny_clip
+    from psbench.progress import RichProgress
+    from psbench.runs import read_json
+
+    if not (root / "frame_captions.json").is_file():
+        _fail(f"{root / 'frame_captions.json'} not found; run `psbench data synth --out {root}` first")
+    with RichProgress(console=err_console) as progress:
+        path = pretrain_tiny_clip(root, out, PretrainConfig(seed=seed), progress, force=force)
+    meta = read_json(path.with_suffix(".json"))
+    console.print(f"tiny CLIP: {path} (frame->caption top-1 {meta['image_to_text_top1']:.1f}% on its training frames)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

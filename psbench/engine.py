@@ -1,0 +1,296 @@
+"""Evaluation engine: offline gallery encoding, online similarity in blocks, exact blocked top-k.
+
+The offline stage (``encode_gallery``) runs every gallery video through ``method.encode_video``
+once and keeps the ``Encoded`` result on the CPU. The online stage calls ``method.similarity`` on
+(query block x video block) slices: ``score_matrix`` fills the full (Q, N) matrix for the metrics,
+``topk`` keeps only the best k videos per query so that memory is bounded by the block sizes. The
+efficiency benchmark times these same two functions: there is no separate benchmark path.
+
+Top-k is exact and deterministic: ties are broken by the lower gallery index. Each (score, index)
+pair is packed into one int64 sort key (order-preserving float32 bits in the high word, the
+complemented index in the low word), so every key is unique and ``torch.topk`` over keys has one
+correct answer, whatever the block layout or shard split. Keys are packed only for each block's
+k + 1 best candidates (and for whole rows only when a tie straddles the k-th place), so the cost is
+that of one float ``torch.topk`` per block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from psbench.method import Encoded, RetrievalMethod
+
+log = logging.getLogger(__name__)
+
+Device = torch.device | str
+
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
+_MAX_INDEX = _LOW_MASK  # gallery indices must fit in the low word
+
+
+# -- Encoded helpers -----------------------------------------------------------------------------------
+def encoded_len(enc: Encoded) -> int:
+    """Number of items in ``enc`` (the common leading dimension of its tensors)."""
+    if not enc:
+        raise ValueError("Encoded is empty: it has no tensors")
+    lengths = {key: int(value.shape[0]) for key, value in enc.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"Encoded tensors disagree on the number of items: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def slice_encoded(enc: Encoded, start: int, stop: int) -> Encoded:
+    """Items ``start:stop`` of every tensor (views, no copy)."""
+    return {key: value[start:stop] for key, value in enc.items()}
+
+
+def concat_encoded(parts: Sequence[Encoded]) -> Encoded:
+    """Concatenate Encoded dicts along the item dimension; all parts must have the same keys."""
+    if not parts:
+        raise ValueError("concat_encoded needs at least one Encoded")
+    keys = set(parts[0])
+    for i, part in enumerate(parts):
+        if set(part) != keys:
+            raise ValueError(f"concat_encoded: part {i} has keys {sorted(part)}, part 0 has {sorted(keys)}")
+        encoded_len(part)
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def encoded_to(enc: Encoded, device: Device) -> Encoded:
+    return {key: value.to(device, non_blocking=True) for key, value in enc.items()}
+
+
+def encoded_nbytes_per_item(enc: Encoded) -> int:
+    """Bytes stored per item (e.g. per gallery video) over all tensors."""
+    n = encoded_len(enc)
+    if n == 0:
+        raise ValueError("encoded_nbytes_per_item: Encoded has zero items")
+    return sum(value.numel() * value.element_size() for value in enc.values()) // n
+
+
+def _check_encoded(enc: Encoded, what: str) -> Encoded:
+    for key, value in enc.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{what}[{key!r}] is {type(value).__name__}, expected a Tensor")
+    encoded_len(enc)
+    return enc
+
+
+# -- offline and query encoding -----------------------------------------------------------------------
+def encode_gallery(
+    method: RetrievalMethod,
+    loader: Iterable[Mapping[str, Tensor]],
+    device: Device,
+    progress: Callable[[int], None] | None = None,
+) -> Encoded:
+    """Encode every gallery video once with ``method.encode_video``; returns CPU tensors in gallery order.
+
+    ``loader`` yields dicts with ``frames`` (B, F, 3, H, W), ``mask`` (B, F) and ``index`` (B,), the
+    gallery index of each item; batches may come in any order but together must cover 0..N-1 exactly
+    once. ``progress(num_items)`` is called after each batch.
+    """
+    parts: list[Encoded] = []
+    indices: list[Tensor] = []
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                missing = [key for key in ("frames", "mask", "index") if key not in batch]
+                if missing:
+                    raise KeyError(f"gallery batch lacks key(s) {', '.join(missing)} (has {sorted(batch)})")
+                frames = batch["frames"].to(device, non_blocking=True)  # (B, F, 3, H, W)
+                mask = batch["mask"].to(device, non_blocking=True)  # (B, F)
+                enc = _check_encoded(method.encode_video(frames, mask), f"{type(method).__name__}.encode_video")
+                if encoded_len(enc) != frames.shape[0]:
+                    raise ValueError(
+                        f"{type(method).__name__}.encode_video returned {encoded_len(enc)} items "
+                        f"for a batch of {frames.shape[0]}"
+                    )
+                parts.append(encoded_to(enc, "cpu"))
+                indices.append(torch.as_tensor(batch["index"]).reshape(-1).to("cpu", torch.int64))
+                if progress is not None:
+                    progress(int(frames.shape[0]))
+            if not parts:
+                raise ValueError("encode_gallery: the loader yielded no batches")
+            gallery = concat_encoded(parts)
+            index = torch.cat(indices)  # (N,)
+            order = torch.argsort(index)  # (N,)
+            if not torch.equal(index[order], torch.arange(index.numel())):
+                raise ValueError(
+                    f"encode_gallery: batch indices must cover 0..{index.numel() - 1} exactly once "
+                    "(duplicated or missing gallery items)"
+                )
+            return {key: value[order].contiguous() for key, value in gallery.items()}
+    finally:
+        method.train(was_training)
+
+
+def encode_queries(method: RetrievalMethod, tokens: Tensor, batch_size: int, device: Device) -> Encoded:
+    """Encode text queries (Q, L) in batches with ``method.encode_text``; returns CPU tensors."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tokens.shape[0] == 0:
+        raise ValueError("encode_queries: no queries")
+    parts = []
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, tokens.shape[0], batch_size):
+                chunk = tokens[start : start + batch_size].to(device, non_blocking=True)  # (B, L)
+                enc = _check_encoded(method.encode_text(chunk), f"{type(method).__name__}.encode_text")
+                parts.append(encoded_to(enc, "cpu"))
+            return concat_encoded(parts)
+    finally:
+        method.train(was_training)
+
+
+# -- online scoring ------------------------------------------------------------------------------------
+def _blocks(total: int, size: int, name: str) -> range:
+    if size < 1:
+        raise ValueError(f"{name} must be >= 1, got {size}")
+    return range(0, total, size)
+
+
+def _similarity_block(method: RetrievalMethod, text: Encoded, video: Encoded) -> Tensor:
+    scores = method.similarity(text, video)  # (q, n)
+    expected = (encoded_len(text), encoded_len(video))
+    if tuple(scores.shape) != expected:
+        raise ValueError(
+            f"{type(method).__name__}.similarity returned shape {tuple(scores.shape)}, expected {expected}"
+        )
+    return scores.float()
+
+
+def score_matrix(
+    method: RetrievalMethod,
+    text: Encoded,
+    video: Encoded,
+    block_queries: int = 1024,
+    block_videos: int = 16384,
+    device: Device = "cpu",
+    out_device: Device = "cpu",
+) -> Tensor:
+    """The full (Q, N) float32 score matrix, filled block by block with ``method.similarity``.
+
+    Each video block is moved to ``device`` once and scored against every query block. The result
+    lives on ``out_device`` (CPU by default, where the metrics run).
+    """
+    q, n = encoded_len(text), encoded_len(video)
+    out = torch.empty(q, n, dtype=torch.float32, device=out_device)  # (Q, N)
+    with torch.inference_mode():
+        for v0 in _blocks(n, block_videos, "block_videos"):
+            v1 = min(v0 + block_videos, n)
+            video_block = encoded_to(slice_encoded(video, v0, v1), device)
+            for q0 in _blocks(q, block_queries, "block_queries"):
+                q1 = min(q0 + block_queries, q)
+                text_block = encoded_to(slice_encoded(text, q0, q1), device)
+                out[q0:q1, v0:v1] = _similarity_block(method, text_block, video_block).to(out_device)
+    return out
+
+
+# -- exact top-k -----------------------------------------------------------------------------------------
+def _sort_keys(scores: Tensor, indices: Tensor) -> Tensor:
+    """Pack float32 scores and gallery indices into unique int64 keys ordered by (score desc, index asc)."""
+    bits = (scores.float() + 0.0).view(torch.int32).to(torch.int64)  # +0.0 maps -0.0 to 0.0
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # monotone in the float value
+    return (ordered << _LOW_BITS) | (_LOW_MASK - indices.to(torch.int64))
+
+
+def _unpack_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`_sort_keys`: (scores float32, indices int64)."""
+    ordered = keys >> _LOW_BITS  # arithmetic shift: the low word is non-negative
+    bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF).to(torch.int32)
+    return bits.view(torch.float32), _LOW_MASK - (keys & _LOW_MASK)
+
+
+def _topk_keys(keys: Tensor, k: int) -> Tensor:
+    return torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=True).values
+
+
+def _block_topk_keys(scores: Tensor, offset: int, k: int) -> Tensor:
+    """Exact top-k keys of one (q, v) score block whose first column is gallery index ``offset``.
+
+    A float ``torch.topk`` for k + 1 finds the right set whenever the k-th and (k+1)-th values
+    differ; only rows with a tie across that boundary are re-ranked with full-row keys. This keeps
+    the cost of one ``torch.topk`` per block instead of packing keys for every score.
+    """
+    v = scores.shape[1]
+    values, local = torch.topk(scores, min(k + 1, v), dim=1, sorted=True)  # (q, <=k+1)
+    if torch.isnan(values[:, 0]).any():  # topk puts NaN first
+        raise ValueError("scores contain NaN; top-k would be undefined")
+    keys = _sort_keys(values[:, :k], local[:, :k] + offset)  # (q, <=k)
+    if values.shape[1] > k:
+        ambiguous = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()  # (a,)
+        if ambiguous.numel():
+            rows = scores[ambiguous]  # (a, v)
+            index = torch.arange(offset, offset + v, device=scores.device).expand_as(rows)  # (a, v)
+            keys[ambiguous] = _topk_keys(_sort_keys(rows, index), k)
+    return _topk_keys(keys, k)  # sorted by (score desc, index asc)
+
+
+def topk(
+    method: RetrievalMethod,
+    text: Encoded,
+    video: Encoded,
+    k: int,
+    block_queries: int = 1024,
+    block_videos: int = 16384,
+    device: Device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Exact top-k videos per query: (scores (Q, k) float32, indices (Q, k) int64), on CPU.
+
+    Sorted by descending score, ties broken by the lower gallery index (-0.0 counts as, and is
+    returned as, 0.0). Each query block keeps a
+    running top-k merged with every video block's top-k, so memory is O(block_queries x block_videos)
+    and the (Q, N) matrix is never built.
+    """
+    q, n = encoded_len(text), encoded_len(video)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the gallery size), got {k}")
+    if n - 1 > _MAX_INDEX:
+        raise ValueError(f"gallery of {n} items exceeds the top-k index limit {_MAX_INDEX + 1}")
+    out_scores, out_indices = [], []
+    with torch.inference_mode():
+        for q0 in _blocks(q, block_queries, "block_queries"):
+            q1 = min(q0 + block_queries, q)
+            text_block = encoded_to(slice_encoded(text, q0, q1), device)
+            best = torch.empty(q1 - q0, 0, dtype=torch.int64, device=device)  # (q, <=k) running keys
+            for v0 in _blocks(n, block_videos, "block_videos"):
+                v1 = min(v0 + block_videos, n)
+                video_block = encoded_to(slice_encoded(video, v0, v1), device)
+                scores = _similarity_block(method, text_block, video_block)  # (q, v)
+                block_best = _block_topk_keys(scores, v0, k)  # (q, <=k)
+                best = _topk_keys(torch.cat([best.to(scores.device), block_best], dim=1), k)  # (q, <=k)
+            values, indices = _unpack_keys(best.cpu())
+            out_scores.append(values)
+            out_indices.append(indices)
+    return torch.cat(out_scores), torch.cat(out_indices)
+
+
+def merge_topk(parts: Sequence[tuple[Tensor, Tensor]], k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Merge per-shard top-k results (scores (Q, k_i), GLOBAL indices (Q, k_i)) into the exact top-k.
+
+    ``k`` defaults to the largest k_i. Same order and tie rule as :func:`topk`.
+    """
+    if not parts:
+        raise ValueError("merge_topk needs at least one (scores, indices) part")
+    rows = {int(s.shape[0]) for s, _ in parts} | {int(i.shape[0]) for _, i in parts}
+    if len(rows) != 1:
+        raise ValueError(f"merge_topk: parts disagree on the number of queries: {sorted(rows)}")
+    for i, (scores, indices) in enumerate(parts):
+        if scores.shape != indices.shape:
+            raise ValueError(f"merge_topk: part {i} has scores {tuple(scores.shape)}, indices {tuple(indices.shape)}")
+    k = max(int(s.shape[1]) for s, _ in parts) if k is None else k
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if any(torch.isnan(s).any() for s, _ in parts):
+        raise ValueError("merge_topk: scores contain NaN")
+    keys = torch.cat([_sort_keys(s.cpu(), i.cpu()) for s, i in parts], dim=1)  # (Q, sum k_i)
+    return _unpack_keys(_topk_keys(keys, k))

@@ -1,0 +1,32 @@
+"""Prompt Switch (ICCV 2023): prompt cube + switch, aggregation, caption decoder, and its ablations.
+
+Importing this package registers ``promptswitch``, ``promptswitch-noswitch``, ``promptswitch-noagg``
+and ``promptswitch-nocap`` in ``psbench.method.METHODS``.
+"""
+
+from psbench.promptswitch.aggregation import PromptAggregation, aggregation_heads
+from psbench.promptswitch.captioner import (
+    CaptionDecoder,
+    caption_class_weights,
+    caption_target_mask,
+    frequent_word_ids,
+    weighted_caption_loss,
+)
+from psbench.promptswitch.method import PromptSwitch, PromptSwitchNoAgg, PromptSwitchNoCap, PromptSwitchNoSwitch
+from psbench.promptswitch.switch import block_forward, switch_prompts
+
+__all__ = [
+    "CaptionDecoder",
+    "PromptAggregation",
+    "PromptSwitch",
+    "PromptSwitchNoAgg",
+    "PromptSwitchNoCap",
+    "PromptSwitchNoSwitch",
+    "aggregation_heads",
+    "block_forward",
+    "caption_class_weights",
+    "caption_target_mask",
+    "frequent_word_ids",
+    "switch_prompts",
+    "weighted_caption_loss",
+]

@@ -1,0 +1,257 @@
+"""Protocols are data: TOML files in ``protocols/`` that fix everything that moves a number.
+
+A protocol file has the sections below; unknown keys anywhere are an error naming the key. A
+method may override ``train``/``test`` keys and pass options in ``[method.<name>]`` (a variant
+such as ``promptswitch-noswitch`` also receives its family's table, ``[method.promptswitch]``).
+``--set key=value`` overrides any key of the resolved run config (``train.epochs=0``,
+``options.num_prompts=3``). The resolved config is hashed (without seed and machine-only keys) into
+every run record, so runs with different settings never share a report column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psbench.registry import UnknownKeyError
+
+PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+
+
+class ProtocolError(ValueError):
+    """A protocol file or override is malformed (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = "data/synthetic"  # default data root, relative to the working directory
+    train_split: str = "train"
+    val_split: str = ""  # empty: the dataset has no validation split
+    test_split: str = "test"
+    skip_missing: bool = False
+    files: dict[str, str] = field(default_factory=dict)  # annotation file names, dataset specific
+
+
+@dataclass
+class BackboneConfig:
+    arch: str = "ViT-B-32-quickgelu"
+    weights: str = ""  # local path; relative paths are resolved against the data root
+
+
+@dataclass
+class TrainConfig:
+    frames: int = 12
+    sampler: str = "uniform"
+    segments: int = 0  # sampler segments (Prompt Switch: num_prompts); 0 = sampler default
+    transform: str = "resize_center_crop"
+    resolution: int = 224
+    max_words: int = 32
+    batch_size: int = 32  # effective batch across all processes
+    epochs: int = 5
+    lr_clip: float = 1e-6
+    lr_new: float = 1e-5
+    weight_decay: float = 0.2
+    no_decay_bias_norm: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    warmup: float = 0.1  # fraction of total steps
+    grad_clip: float = 1.0
+    twin_pairs: bool = False  # synthetic: time-reversed twins in the same batch
+    selection: str = "last"  # "last" | "val" | "test_official"
+    num_workers: int = 2
+
+
+@dataclass
+class TestConfig:
+    frames: int = 12
+    sampler: str = "uniform"
+    segments: int = 0
+    transform: str = "resize_center_crop"
+    resolution: int = 224
+    max_words: int = 32
+    batch_size: int = 32
+    tie_rule: str = "expected"
+    v2t_rule: str = "group_max"  # "group_max" (lenient, official MSVD) | "all_captions" (strict)
+    dsl: bool = False
+    dsl_tau: float = 1.0
+    num_workers: int = 2
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs: the protocol resolved for one method and one seed."""
+
+    protocol: str
+    version: int
+    method: str
+    seed: int
+    data: DataConfig
+    backbone: BackboneConfig
+    train: TrainConfig
+    test: TestConfig
+    options: dict[str, Any] = field(default_factory=dict)
+    reference: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Rebuild a run config recorded in a run directory (``config.json``)."""
+        d = dict(d)
+        for name, section in _SECTIONS.items():
+            d[name] = _build(section, d[name], f"recorded config: {name}.")
+        return cls(**d)
+
+    def protocol_hash(self) -> str:
+        """Hash of every setting that can move a score (not the seed, worker counts or paths)."""
+        d = self.to_dict()
+        d.pop("seed")
+        d.pop("reference")
+        d["data"].pop("root")
+        d["data"].pop("skip_missing")
+        d["train"].pop("num_workers")
+        d["test"].pop("num_workers")
+        d["backbone"].pop("weights")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "train": TrainConfig, "test": TestConfig}
+_TOP_KEYS = {"name", "version", "description", "seeds", "method", "reference", *_SECTIONS}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        names = ", ".join(where + k for k in unknown)
+        raise ProtocolError(f"unknown key(s) {names}; valid: {', '.join(sorted(fields))}")
+    obj = cls()
+    for key, value in values.items():
+        current = getattr(obj, key)
+        setattr(obj, key, _coerce(value, current, f"{where}{key}"))
+    return obj
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProtocolError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(current):
+            raise ProtocolError(f"{where}: expected a list of {len(current)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def protocol_path(name: str) -> Path:
+    """The file of a named protocol, or an error listing the valid names."""
+    path = PROTOCOL_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UnknownKeyError("protocol", name, list_protocols())
+    return path
+
+
+def list_protocols() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.toml"))
+
+
+def load_protocol(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a protocol file (by name or path) and check its top-level keys."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = protocol_path(str(name_or_path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{path}: {exc}") from exc
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ProtocolError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("name", "version", "seeds"):
+        if key not in raw:
+            raise ProtocolError(f"{path}: missing required key {key!r}")
+    raw["_path"] = str(path)
+    return raw
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=0", "options.num_prompts=3"]`` -> {"train.epochs": 0, ...} (TOML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ProtocolError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare string such as sampler=uniform
+        out[key.strip()] = value
+    return out
+
+
+def method_family(method: str) -> str:
+    """``promptswitch-noswitch`` -> ``promptswitch`` (variants share their family's settings)."""
+    return method.split("-", 1)[0]
+
+
+def resolve(
+    protocol: dict[str, Any], method: str, seed: int | None = None, sets: dict[str, Any] | None = None
+) -> RunConfig:
+    """Apply method overrides and ``--set`` values to a protocol; return the run config."""
+    where = protocol.get("_path", protocol["name"])
+    sections: dict[str, dict[str, Any]] = {k: dict(protocol.get(k, {})) for k in _SECTIONS}
+    options: dict[str, Any] = {}
+    method_tables = protocol.get("method", {})
+    for key in dict.fromkeys([method_family(method), method]):
+        table = dict(method_tables.get(key, {}))
+        for section in _SECTIONS:
+            sections[section].update(table.pop(section, {}))
+        options.update(table.pop("options", {}))
+        if table:
+            raise ProtocolError(f"{where}: [method.{key}] unknown key(s) {', '.join(sorted(table))}")
+    for key, value in (sets or {}).items():
+        head, _, rest = key.partition(".")
+        if head == "options" and rest:
+            options[rest] = value
+        elif head in _SECTIONS and rest:
+            sections[head][rest] = value
+        else:
+            raise ProtocolError(f"--set {key}: unknown key; use data.*, backbone.*, train.*, test.* or options.*")
+    seeds = protocol["seeds"]
+    return RunConfig(
+        protocol=protocol["name"],
+        version=int(protocol["version"]),
+        method=method,
+        seed=int(seeds[0] if seed is None else seed),
+        data=_build(DataConfig, sections["data"], f"{where}: data."),
+        backbone=_build(BackboneConfig, sections["backbone"], f"{where}: backbone."),
+        train=_build(TrainConfig, sections["train"], f"{where}: train."),
+        test=_build(TestConfig, sections["test"], f"{where}: test."),
+        options=options,
+        reference=list(protocol.get("reference", [])),
+    )

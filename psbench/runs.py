@@ -1,0 +1,158 @@
+"""Run directories, environment capture and atomic writes.
+
+A run lives in ``runs/<utc-time>_<protocol>_<method>_s<seed>/`` and is never overwritten:
+``config.json`` (resolved config + hashes), ``environment.json``, ``train_log.jsonl``,
+``checkpoint_last.pt``, ``metrics.json`` (schema-versioned), ``ranks.json`` (per-query ranks).
+Every file is written to a temporary name in the same directory, flushed, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS_SCHEMA_VERSION = 1
+
+
+class RunDirError(RuntimeError):
+    """The runs directory cannot be used (exists, not writable, out of space)."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(Path(path), text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file + rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync (the training log survives a crash up to the last line)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def run_dir_name(protocol: str, method: str, seed: int, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S_%fZ")
+    return f"{stamp}_{protocol}_{method}_s{seed}"
+
+
+def create_run_dir(runs_dir: Path, protocol: str, method: str, seed: int) -> Path:
+    """Create a fresh run directory; never reuse an existing one. Checks the runs dir is writable."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe = runs_dir / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"runs directory {runs_dir} is not usable: {exc}") from exc
+    path = runs_dir / run_dir_name(protocol, method, seed)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise RunDirError(f"run directory {path} already exists; psbench never overwrites a run") from None
+    return path
+
+
+def git_info(cwd: Path | None = None) -> dict[str, Any]:
+    """The git sha of the code and whether the tree has uncommitted changes."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": "unknown", "dirty": None}
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Versions, device and code revision, recorded in every run."""
+    import av
+    import open_clip
+
+    device = torch.device(device)
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "av": av.__version__,
+        "ffmpeg": {k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "git": git_info(),
+    }
+    return env
+
+
+def hash_strings(items: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def list_runs(runs_dirs: Iterable[Path]) -> list[Path]:
+    """Every finished run (a directory with metrics.json) under the given directories."""
+    found: list[Path] = []
+    for root in runs_dirs:
+        root = Path(root)
+        if (root / "metrics.json").is_file():
+            found.append(root)
+        elif root.is_dir():
+            found.extend(sorted(p.parent for p in root.glob("*/metrics.json")))
+    return found

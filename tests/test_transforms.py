@@ -1,0 +1,126 @@
+"""Video transforms: shapes, CLIP normalisation, PIL oracle, one crop per video, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from psbench.backbone import CLIP_MEAN, CLIP_STD
+from psbench.data.transforms import TRANSFORMS, CropBox, make_transform, random_resized_crop_box
+
+MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """Back to 0..255 pixel units."""
+    return (x * STD + MEAN) * 255.0
+
+
+def random_video(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+def test_shapes_dtype_and_determinism(name: str) -> None:
+    video = random_video(5, 48, 80)
+    t = make_transform(name, 32)
+    out = t(video, np.random.default_rng(3))
+    assert out.shape == (5, 3, 32, 32)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, t(video, np.random.default_rng(3)))
+
+
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+def test_constant_clip_mean_frame_maps_to_zero(name: str) -> None:
+    video = np.empty((3, 40, 56, 3), dtype=np.uint8)
+    video[...] = np.round(np.array(CLIP_MEAN) * 255).astype(np.uint8)
+    out = make_transform(name, 24)(video, np.random.default_rng(0))
+    assert out.abs().max() < 0.5 / 255 / min(CLIP_STD) + 1e-6
+
+
+def test_white_and_black_frames_hit_the_normalised_extremes() -> None:
+    video = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    video[1] = 255
+    out = make_transform("resize_center_crop", 16)(video, None)
+    expected_black = -torch.tensor(CLIP_MEAN) / torch.tensor(CLIP_STD)
+    expected_white = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(out[0, :, 5, 5], expected_black)
+    torch.testing.assert_close(out[1, :, 5, 5], expected_white)
+
+
+def test_resize_center_crop_matches_pil() -> None:
+    """Oracle: CLIP's own preprocessing in PIL (shorter side, bicubic; centre crop)."""
+    video = random_video(2, 60, 90, seed=5)
+    smooth = np.stack([np.asarray(Image.fromarray(f).resize((45, 30), Image.BILINEAR)) for f in video])
+    smooth = np.stack([np.asarray(Image.fromarray(f).resize((90, 60), Image.BILINEAR)) for f in smooth])
+    out = unnormalize(make_transform("resize_center_crop", 40)(smooth, None))
+    for k, frame in enumerate(smooth):
+        resized = np.asarray(Image.fromarray(frame).resize((60, 40), Image.BICUBIC)).astype(np.float32)
+        crop = resized[:, 10:50]  # (40, 40, 3)
+        diff = np.abs(out[k].permute(1, 2, 0).numpy() - crop)
+        assert diff.mean() < 1.0 and diff.max() <= 4.0
+
+
+def test_resize_square_keeps_all_content_center_crop_drops_sides() -> None:
+    video = np.full((1, 40, 80, 3), 255, dtype=np.uint8)
+    video[:, :, :16] = 0  # left fifth black
+    square = unnormalize(make_transform("resize_square", 40)(video, None))[0, 0]  # (40, 40)
+    crop = unnormalize(make_transform("resize_center_crop", 40)(video, None))[0, 0]  # (40, 40)
+    assert square[:, :6].max() < 5 and square[:, 10:].min() > 250  # 16/80 of 40 = 8 black columns
+    assert crop.min() > 250  # the crop keeps columns 20..60 of 80: all white
+
+
+def test_random_crop_is_the_same_for_all_frames_of_a_video() -> None:
+    frame = random_video(1, 48, 64, seed=2)
+    video = np.repeat(frame, 6, axis=0)
+    t = make_transform("random_resized_crop_flip", 32)
+    outputs = [t(video, np.random.default_rng(seed)) for seed in range(8)]
+    for out in outputs:
+        for k in range(1, 6):
+            assert torch.equal(out[k], out[0])
+    assert len({out[0].sum().item() for out in outputs}) > 4  # different seeds, different crops
+
+
+def test_random_flip_happens_about_half_the_time() -> None:
+    video = np.full((1, 64, 64, 3), 255, dtype=np.uint8)
+    video[:, :, :32] = 0  # black left half; every crop of >= 50% area straddles column 32
+    t = make_transform("random_resized_crop_flip", 32)
+    flips = 0
+    for seed in range(200):
+        out = unnormalize(t(video, np.random.default_rng(seed)))[0, 0]  # (32, 32)
+        left, right = out[:, 0].mean().item(), out[:, -1].mean().item()
+        assert abs(left - right) > 200
+        flips += left > right
+    assert 70 < flips < 130
+
+
+def test_random_transform_requires_rng() -> None:
+    with pytest.raises(ValueError, match="needs an rng"):
+        make_transform("random_resized_crop_flip", 16)(random_video(1, 20, 20), None)
+
+
+def test_crop_box_properties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        box = random_resized_crop_box(60, 90, rng)
+        assert box.top >= 0 and box.top + box.height <= 60
+        assert box.left >= 0 and box.left + box.width <= 90
+        fraction = box.height * box.width / (60 * 90)
+        assert 0.45 <= fraction <= 1.0
+        assert 3 / 4 - 0.06 <= box.width / box.height <= 4 / 3 + 0.06
+
+
+def test_crop_box_fallback_on_thin_image() -> None:
+    # 10 x 200: no box of >= 50% area and aspect <= 4/3 fits; fallback: full height, w = round(10 * 4/3)
+    assert random_resized_crop_box(10, 200, np.random.default_rng(0)) == CropBox(0, 93, 10, 13)
+
+
+def test_bad_input_is_rejected_with_shape() -> None:
+    t = make_transform("resize_center_crop", 16)
+    with pytest.raises(ValueError, match="uint8"):
+        t(np.zeros((2, 16, 16, 3), dtype=np.float32), None)
+    with pytest.raises(ValueError, match=r"\(16, 16, 3\)"):
+        t(np.zeros((16, 16, 3), dtype=np.uint8), None)
