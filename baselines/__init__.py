@@ -1,3 +1,3 @@
 """Re-implemented baselines. Importing this package registers them in ``psbench.method.METHODS``."""
 
-from baselines import meanpool  # noqa: F401
+from baselines import meanpool, tokenshift, videoproxy, xpool  # noqa: F401

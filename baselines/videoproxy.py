@@ -27,9 +27,7 @@ VIP_LOGIT_SCALE_MAX = math.log(200.0)
 VIP_LOGIT_SCALE_INIT = 4.60
 
 
-def proxy_attention_mask(
-    num_proxies: int, num_frames: int, patches: int, device: torch.device | None = None
-) -> Tensor:
+def proxy_attention_mask(num_proxies: int, num_frames: int, patches: int, device: torch.device | None = None) -> Tensor:
     """Boolean (L, L) mask, L = M + F*P, True where attention is NOT allowed (nn.MultiheadAttention).
 
     Rows are queries. Proxy rows see every key; a patch row of frame n sees the M proxies and the

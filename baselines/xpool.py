@@ -12,9 +12,17 @@ All linear weights start as identity, biases as zero. Offline (``encode_video``)
 the k and v projections of the frames. Because the attention weights of each head sum to 1 and
 ``W_o`` is linear, ``W_o`` is folded into the cached values (``u_f = W_o v_f`` per head) and ``b_o``
 added after pooling: the same function, and the per-pair ``2 D^2`` of ``W_o`` disappears (the
-"algebraic minimum" of §5.4). ``W_l`` follows LN2 and cannot be folded. ``similarity`` does the
-per-pair work in blocks of at most ``pairs_per_block`` (query, video) pairs, so temporaries stay
-bounded whatever Q and N are, and the heavy step is one large GEMM per block.
+"algebraic minimum" of §5.4). ``similarity`` does the per-pair work in blocks of at most
+``pairs_per_block`` (query, video) pairs, so temporaries stay bounded whatever Q and N are, and the
+heavy step (W_l) is one large GEMM per block.
+
+Beyond §5.4 (option ``fold_norms``, eval mode only, i.e. without dropout): the spec says W_l cannot
+be folded because it follows LN2, but LN2 only subtracts a per-pair scalar mean and divides by a
+per-pair scalar scale. Writing o = sum_j alpha_j x_j over the rows x_j = [W_o-folded values ; b_o]
+(alpha_j = attention weights, 1 for b_o), every D-vector after LN2 and W_l is a per-pair affine
+combination of per-video vectors, and the LN2/LN3 variances and the final norm are quadratic forms
+of alpha with per-video K x K Gram matrices (K = H*F + 1). The score then costs O(FD + F^2) per
+pair instead of O(D^2), exactly (see ``XPoolHead.norm_fold_cache`` and ``folded_scores``).
 """
 
 from __future__ import annotations
@@ -75,6 +83,69 @@ class XPoolHead(nn.Module):
         folded = torch.einsum("nfhk,ehk->nhfe", values, w_o)  # (N, H, F, D)
         return keys, folded.contiguous()
 
+    def attention(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """Attention weights over frames. query (Qb, D), keys (Nb, F, D), mask (Nb, F) -> (H, Qb, Nb, F)."""
+        qb, nb, f = query.shape[0], keys.shape[0], keys.shape[1]
+        h, dh = self.num_heads, self.head_dim
+        q = query.view(qb, h, dh).transpose(0, 1)  # (H, Qb, dh)
+        k = keys.reshape(nb * f, h, dh).permute(1, 2, 0)  # (H, dh, Nb*F)
+        logits = torch.bmm(q, k).view(h, qb, nb, f) / math.sqrt(dh)  # (H, Qb, Nb, F)
+        logits = logits.masked_fill(~mask[None, None], float("-inf"))  # (H, Qb, Nb, F)
+        return logits.softmax(dim=-1)  # softmax over frames
+
+    def norm_fold_cache(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Video-only tensors of the eval-mode fold of LN2, W_l, residual and LN3 (module doc).
+
+        values: W_o-folded values (N, H, F, D). With K = H*F + 1 (the last row is b_o, weight 1)
+        returns proj (N, K, D) = gamma3 * centred(M Gamma2 c_j) and stats (N, K, 3K + 3) =
+        [C | G | G3 | g | g3 | h]: Gram matrices and vectors used by ``folded_scores``.
+        """
+        n, h, f, d = values.shape
+        x = torch.cat([values.reshape(n, h * f, d), self.out_proj.bias.expand(n, 1, d)], dim=1)  # (N, K, D)
+        c = x - x.mean(-1, keepdim=True)  # (N, K, D) centred rows
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        m = (eye + self.linear.weight) * self.ln2.weight  # (D, D) = (I + W_l) diag(gamma2)
+        w = c @ m.t()  # (N, K, D)
+        w = w - w.mean(-1, keepdim=True)  # (N, K, D) centred
+        proj = w * self.ln3.weight  # (N, K, D)
+        ec, g3ec = self._fold_constant()
+        grams = torch.cat([c @ c.transpose(1, 2), w @ w.transpose(1, 2), proj @ proj.transpose(1, 2)], -1)
+        vecs = torch.stack([w @ ec, proj @ g3ec, proj @ self.ln3.bias], dim=-1)  # (N, K, 3)
+        return proj, torch.cat([grams, vecs], dim=-1)  # (N, K, D), (N, K, 3K + 3)
+
+    def _fold_constant(self) -> tuple[Tensor, Tensor]:
+        """Centred e = (I + W_l) beta2 + b_l, and gamma3 * e_c. (D,), (D,)."""
+        e = self.ln2.bias + self.linear(self.ln2.bias)  # (D,)
+        ec = e - e.mean()
+        return ec, ec * self.ln3.weight
+
+    def folded_scores(
+        self, query: Tensor, text_unit: Tensor, keys: Tensor, mask: Tensor, proj: Tensor, stats: Tensor
+    ) -> Tensor:
+        """cos(t, psi(v|t)) without materialising psi (eval mode, no dropout). -> (Nb, Qb).
+
+        query, text_unit (Qb, D); keys (Nb, F, D); mask (Nb, F); proj, stats from ``norm_fold_cache``.
+        """
+        qb, nb, d = query.shape[0], keys.shape[0], self.dim
+        k = proj.shape[1]
+        attn = self.attention(query, keys, mask)  # (H, Qb, Nb, F)
+        alpha = attn.permute(2, 1, 0, 3).reshape(nb, qb, k - 1)  # (Nb, Qb, H*F)
+        alpha = torch.cat([alpha, alpha.new_ones(nb, qb, 1)], dim=-1)  # (Nb, Qb, K); b_o has weight 1
+        quad = torch.bmm(alpha, stats[..., : 3 * k]).view(nb, qb, 3, k)  # (Nb, Qb, 3, K)
+        quad = (quad * alpha.unsqueeze(2)).sum(-1)  # (Nb, Qb, 3): a'Ca, a'Ga, a'G3a
+        lin = torch.bmm(alpha, stats[..., 3 * k :])  # (Nb, Qb, 3): a.g, a.g3, a.h
+        tp = (text_unit @ proj.reshape(nb * k, d).t()).view(qb, nb, k)  # (Qb, Nb, K)
+        t_proj = (tp.transpose(0, 1) * alpha).sum(-1)  # (Nb, Qb)
+        ec, g3ec = self._fold_constant()
+        beta3 = self.ln3.bias
+        s_o = (quad[..., 0] / d + self.ln2.eps).sqrt()  # (Nb, Qb) LN2 scale
+        var_z = (quad[..., 1] / s_o**2 + 2 * lin[..., 0] / s_o + ec @ ec) / d
+        s_z = (var_z + self.ln3.eps).sqrt()  # (Nb, Qb) LN3 scale
+        num = (t_proj / s_o + text_unit @ g3ec) / s_z + text_unit @ beta3  # (Nb, Qb)
+        y_sq = (quad[..., 2] / s_o**2 + 2 * lin[..., 1] / s_o + g3ec @ g3ec) / s_z**2
+        y_sq = y_sq + 2 * (lin[..., 2] / s_o + g3ec @ beta3) / s_z + beta3 @ beta3  # (Nb, Qb) |psi|^2
+        return num / y_sq.clamp_min(0).sqrt().clamp_min(NORM_EPS)
+
     def pool(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, folded: bool) -> Tensor:
         """psi(v|t) for every (video, text) pair of one block.
 
@@ -82,11 +153,7 @@ class XPoolHead(nn.Module):
         """
         qb, nb, f = query.shape[0], keys.shape[0], keys.shape[1]
         h, dh = self.num_heads, self.head_dim
-        q = query.view(qb, h, dh).transpose(0, 1)  # (H, Qb, dh)
-        k = keys.reshape(nb * f, h, dh).permute(1, 2, 0)  # (H, dh, Nb*F)
-        logits = torch.bmm(q, k).view(h, qb, nb, f) / math.sqrt(dh)  # (H, Qb, Nb, F)
-        logits = logits.masked_fill(~mask[None, None], float("-inf"))  # (H, Qb, Nb, F)
-        attn = logits.softmax(dim=-1)  # (H, Qb, Nb, F); softmax over frames
+        attn = self.attention(query, keys, mask)  # (H, Qb, Nb, F)
         if folded:
             attn = attn.permute(2, 1, 0, 3).reshape(nb, qb, h * f)  # (Nb, Qb, H*F)
             o = torch.baddbmm(self.out_proj.bias, attn, values.reshape(nb, h * f, -1))  # (Nb, Qb, D)
@@ -110,7 +177,9 @@ class XPool(RetrievalMethod):
     Options: ``num_heads`` (1), ``dropout`` (transformer_dropout, 0.3; 0.4 for MSR-VTT-7k and
     MSVD), ``pairs_per_block`` (pairs per similarity block; bounds temporaries to roughly
     ``5 * pairs_per_block * D * 4`` bytes), ``fold_out_proj`` (fold W_o into the cached values;
-    exact, on by default; off reproduces the cost of the reference implementation).
+    exact, on by default; off reproduces the cost of the reference implementation),
+    ``fold_norms`` (off by default; eval mode only: also fold LN2, W_l, the residual and LN3 through
+    per-video Gram matrices, see ``XPoolHead.norm_fold_cache``; exact, O(FD + F^2) per pair).
     """
 
     offline_embedding = False
@@ -120,16 +189,20 @@ class XPool(RetrievalMethod):
         clip: nn.Module,
         num_heads: int = 1,
         dropout: float = 0.3,
-        pairs_per_block: int = 16384,
+        pairs_per_block: int = 8192,
         fold_out_proj: bool = True,
+        fold_norms: bool = False,
     ) -> None:
         super().__init__(clip)
         if pairs_per_block < 1:
             raise ValueError(f"pairs_per_block must be >= 1, got {pairs_per_block}")
+        if fold_norms and not fold_out_proj:
+            raise ValueError("fold_norms=True needs fold_out_proj=True")
         dim = int(clip.visual.output_dim)
         self.pool_head = XPoolHead(dim, num_heads=num_heads, dropout=dropout)
         self.pairs_per_block = pairs_per_block
         self.fold_out_proj = fold_out_proj
+        self.fold_norms = fold_norms
 
     def encode_text(self, tokens: Tensor) -> Encoded:
         """{"text": raw CLIP text embedding (Q, D), "query": W_q LN1(t) + b_q (Q, D)}."""
@@ -137,7 +210,8 @@ class XPool(RetrievalMethod):
         return {"text": text, "query": self.pool_head.query(text)}
 
     def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
-        """{"frames" (N, F, D), "mask" (N, F), "keys" (N, F, D), "values" (N, H, F, D or D/H)}."""
+        """{"frames" (N, F, D), "mask" (N, F), "keys" (N, F, D), "values" (N, H, F, D or D/H)},
+        plus {"proj" (N, K, D), "stats" (N, K, 3K + 3)} with ``fold_norms`` outside training (K = H*F + 1)."""
         n, f = frames.shape[:2]
         mask = mask.to(torch.bool)
         if not bool(mask.any(dim=1).all()):
@@ -145,36 +219,59 @@ class XPool(RetrievalMethod):
             raise ValueError(f"X-Pool needs at least one valid frame per video; none in batch rows {empty}")
         feats = frame_features(self.clip.visual, frames.flatten(0, 1)).view(n, f, -1)  # (N, F, D)
         keys, values = self.pool_head.keys_values(feats, self.fold_out_proj)
-        return {"frames": feats, "mask": mask, "keys": keys, "values": values}
+        out = {"frames": feats, "mask": mask, "keys": keys, "values": values}
+        if self.uses_norm_fold():  # not while training with dropout: that path never reads them
+            out["proj"], out["stats"] = self.pool_head.norm_fold_cache(values)
+        return out
+
+    def uses_norm_fold(self) -> bool:
+        """The Gram-matrix path applies only when dropout is inactive (eval mode or p = 0)."""
+        return self.fold_norms and not (self.training and self.pool_head.dropout.p > 0)
 
     def similarity(self, text: Encoded, video: Encoded) -> Tensor:
         """(Q, N) scores cos(t, psi(v|t)), computed in blocks of at most ``pairs_per_block`` pairs."""
         query, text_unit = text["query"], l2_normalize(text["text"])  # (Q, D), (Q, D)
-        keys, values, mask = video["keys"], video["values"], video["mask"]
-        num_q, num_v = query.shape[0], keys.shape[0]
+        num_q, num_v = query.shape[0], video["keys"].shape[0]
         if num_q == 0 or num_v == 0:
             return query.new_zeros(num_q, num_v)
-        q_step = min(num_q, self.pairs_per_block)
-        v_step = max(1, self.pairs_per_block // q_step)
+        fold = self.uses_norm_fold()
+        if fold and "proj" not in video:
+            raise KeyError("fold_norms is on but the encoded videos lack 'proj'/'stats'; re-encode them")
+        budget = self.pairs_per_block * (16 if fold else 1)  # the folded path keeps ~4K floats per pair
+        q_step = min(num_q, budget)
+        v_step = max(1, budget // q_step)
         rows = []
         for q0 in range(0, num_q, q_step):
             q_sl = slice(q0, q0 + q_step)
-            cols = []
-            for v0 in range(0, num_v, v_step):
-                v_sl = slice(v0, v0 + v_step)
-                pooled = self.pool_head.pool(
-                    query[q_sl], keys[v_sl], values[v_sl], mask[v_sl], self.fold_out_proj
-                )  # (Nb, Qb, D)
-                cols.append(cosine_with(text_unit[q_sl], pooled).t())  # (Qb, Nb)
-                del pooled
+            cols = [
+                self._score_block(query[q_sl], text_unit[q_sl], video, slice(v0, v0 + v_step), fold)
+                for v0 in range(0, num_v, v_step)
+            ]
             rows.append(torch.cat(cols, dim=1))
         return torch.cat(rows, dim=0)  # (Q, N)
 
+    def _score_block(self, query: Tensor, text_unit: Tensor, video: Encoded, v_sl: slice, fold: bool) -> Tensor:
+        """Scores of one block: query, text_unit (Qb, D), videos ``v_sl`` of ``video`` -> (Qb, Nb)."""
+        keys, mask = video["keys"][v_sl], video["mask"][v_sl]
+        if fold:
+            proj, stats = video["proj"][v_sl], video["stats"][v_sl]
+            return self.pool_head.folded_scores(query, text_unit, keys, mask, proj, stats).t()
+        pooled = self.pool_head.pool(query, keys, video["values"][v_sl], mask, self.fold_out_proj)  # (Nb, Qb, D)
+        return cosine_with(text_unit, pooled).t()
+
     def online_flops_per_pair(self, num_frames: int) -> int:
-        """FLOPs of the per-pair work done by ``similarity`` (multiply-add = 2), excluding O(F)."""
-        d = self.pool_head.dim
+        """FLOPs of the per-pair work done by ``similarity`` in eval mode (multiply-add = 2).
+
+        Approximate in the O(D) and O(F) terms: LN2, residual, LN3 and the cosine count as 25 D.
+        """
+        d, h = self.pool_head.dim, self.pool_head.num_heads
+        logits = 2 * num_frames * d
+        if self.fold_norms:
+            k = h * num_frames + 1
+            return logits + 2 * k * d + 8 * k * k + 30 * k
+        weighted_sum = 2 * h * num_frames * d if self.fold_out_proj else 2 * num_frames * d
         proj = 2 * d * d * (1 if self.fold_out_proj else 2)  # W_l (+ W_o when not folded)
-        return proj + 4 * num_frames * d + 25 * d
+        return proj + logits + weighted_sum + 25 * d
 
     def extra_state(self) -> dict[str, object]:
         head = self.pool_head
@@ -183,4 +280,5 @@ class XPool(RetrievalMethod):
             "dropout": head.dropout.p,
             "pairs_per_block": self.pairs_per_block,
             "fold_out_proj": self.fold_out_proj,
+            "fold_norms": self.fold_norms,
         }

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from psbench.cli_data import register as _register_data_commands
+from psbench.cli_efficiency import register as _register_efficiency
 from psbench.registry import UnknownKeyError
 
 app = typer.Typer(
@@ -21,8 +23,12 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Prepare data: the synthetic set and the tiny CLIP.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Prepare data: the synthetic set, the tiny CLIP, verification and compression of real videos.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
+_register_data_commands(data_app)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -131,7 +137,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Re-evaluate a finished run from its checkpoint; writes eval_<time>.json in the run directory.
+    """Re-evaluate a finished run from its checkpoint; writes eval_TIME.json in the run directory.
 
     Example: `psbench eval runs/20261129T190000_000000Z_synthetic_meanpool_s0`
     """
@@ -274,6 +280,9 @@ def data_pretrain_clip(
         path = pretrain_tiny_clip(root, out, PretrainConfig(seed=seed), progress, force=force)
     meta = read_json(path.with_suffix(".json"))
     console.print(f"tiny CLIP: {path} (frame->caption top-1 {meta['image_to_text_top1']:.1f}% on its training frames)")
+
+
+_register_efficiency(app)
 
 
 def main() -> None:

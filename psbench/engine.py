@@ -173,7 +173,7 @@ def score_matrix(
     text: Encoded,
     video: Encoded,
     block_queries: int = 1024,
-    block_videos: int = 16384,
+    block_videos: int = 4096,
     device: Device = "cpu",
     out_device: Device = "cpu",
 ) -> Tensor:
@@ -241,7 +241,7 @@ def topk(
     video: Encoded,
     k: int,
     block_queries: int = 1024,
-    block_videos: int = 16384,
+    block_videos: int = 4096,
     device: Device = "cpu",
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k videos per query: (scores (Q, k) float32, indices (Q, k) int64), on CPU.

@@ -31,8 +31,8 @@ class Batch:
     """One training batch.
 
     frames: (B, F, 3, H, W) normalised pixels; mask: (B, F) bool, True for a real frame;
-    tokens: (B, L) int64 token ids; video_ids: B ids (for de-duplication and error messages).
-    caption_tokens: optional (B, L) ids for auxiliary losses (Prompt Switch's captioner).
+    tokens: (B, L) int64 token ids (also the targets of Prompt Switch's captioner);
+    video_ids: B ids (for de-duplication and error messages).
     """
 
     frames: Tensor
@@ -84,6 +84,8 @@ class RetrievalMethod(nn.Module, ABC):
     name: ClassVar[str] = ""
     #: one stored vector per video (offline) -> similarity is a dot product
     offline_embedding: ClassVar[bool] = True
+    #: segments for segment-based frame samplers when the protocol leaves it to the method (0/None: sampler default)
+    sampler_segments: int | None = None
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()

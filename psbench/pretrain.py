@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     arch: str = "psbench-tiny"
     resolution: int = 32
-    max_words: int = 24
-    epochs: int = 40
+    max_words: int = 32
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1

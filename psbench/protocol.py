@@ -35,7 +35,10 @@ class DataConfig:
     val_split: str = ""  # empty: the dataset has no validation split
     test_split: str = "test"
     skip_missing: bool = False
+    video_dir: str = "videos"  # relative to the data root
     files: dict[str, str] = field(default_factory=dict)  # annotation file names, dataset specific
+    exclude_videos: list[str] = field(default_factory=list)  # e.g. the LSMDC clip X-Pool/PS skip
+    dedupe_train_by_video: bool = False  # X-Pool/PS LSMDC: one caption per clip, the last one wins
 
 
 @dataclass
@@ -161,6 +164,10 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(current):
             raise ProtocolError(f"{where}: expected a list of {len(current)} numbers, got {value!r}")
         return tuple(float(v) for v in value)
+    if isinstance(current, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProtocolError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
     if isinstance(current, dict):
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected a table, got {value!r}")

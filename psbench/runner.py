@@ -16,9 +16,11 @@ import torch
 
 import baselines  # noqa: F401 - registers the baselines
 from psbench import backbone
+from psbench.data.compress import read_compress_recipe
 from psbench.data.datasets import load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader
 from psbench.data.split import RetrievalSplit
+from psbench.data.verify import require_videos
 from psbench.evaluate import evaluate_split, frame_spec
 from psbench.method import RetrievalMethod, create_method
 from psbench.progress import Progress, SilentProgress
@@ -89,13 +91,20 @@ def run(
             f"CLIP weights not found: {paths.weights} (pass --weights PATH, or for the synthetic protocol run "
             "`psbench data pretrain-clip` first)"
         )
-    test_split = load_split(cfg.data, paths.data_root, cfg.data.test_split)
-    train_split = load_split(cfg.data, paths.data_root, cfg.data.train_split) if cfg.train.epochs > 0 else None
-    val_split = None
-    if cfg.train.epochs > 0 and cfg.train.selection == "val":
-        if not cfg.data.val_split:
-            raise ValueError(f"protocol {cfg.protocol}: selection 'val' but the dataset has no validation split")
-        val_split = load_split(cfg.data, paths.data_root, cfg.data.val_split)
+    splits = {"test": cfg.data.test_split}
+    if cfg.train.epochs > 0:
+        splits["train"] = cfg.data.train_split
+        if cfg.train.selection == "val":
+            if not cfg.data.val_split:
+                raise ValueError(f"protocol {cfg.protocol}: selection 'val' but the dataset has no validation split")
+            splits["val"] = cfg.data.val_split
+    loaded: dict[str, RetrievalSplit] = {}
+    skipped: dict[str, list[str]] = {}
+    for role, name in splits.items():
+        full = load_split(cfg.data, paths.data_root, name)
+        loaded[role] = require_videos(full, cfg.data.skip_missing)  # refuses an incomplete dataset unless skipping
+        skipped[role] = sorted(set(full.video_ids) - set(loaded[role].video_ids))
+    test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
 
     run_dir = create_run_dir(runs_dir, cfg.protocol, cfg.method, cfg.seed)
     seed_everything(cfg.seed)
@@ -110,6 +119,8 @@ def run(
         "weights": str(paths.weights) if paths.weights else None,
         "command": command,
         "method_facts": method.extra_state(),
+        "skipped_missing_videos": skipped,
+        "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),
         "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
     }
     atomic_write_json(run_dir / "config.json", record)

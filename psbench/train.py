@@ -39,6 +39,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` accepts (tensors, lists, ints)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), None))
+
+
 def build_optimizer(method: RetrievalMethod, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with two learning-rate groups (CLIP, new); optionally no decay on biases and norms."""
     groups: list[dict[str, Any]] = []
@@ -160,7 +185,7 @@ def train(
                 "model": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                "rng": rng_state(),
             },
             ckpt_path,
         )

@@ -248,7 +248,25 @@ def test_caption_decoder_is_causal_and_head_copies_embedding() -> None:
 def test_frequent_word_ids() -> None:
     tok = Tokenizer(max_words=8, context_length=8)
     ids = frequent_word_ids()
-    words = "in on of to about this that a an the and there here is are . ,".split()
+    words = [
+        "in",
+        "on",
+        "of",
+        "to",
+        "about",
+        "this",
+        "that",
+        "a",
+        "an",
+        "the",
+        "and",
+        "there",
+        "here",
+        "is",
+        "are",
+        ".",
+        ",",
+    ]
     expected = {tok.encode_words(w)[0] for w in words} | {tok.sot_id, tok.eot_id}
     assert all(len(tok.encode_words(w)) == 1 for w in words)
     assert set(ids) == expected and len(ids) == 19
@@ -355,13 +373,14 @@ def test_bad_options_are_rejected() -> None:
 def test_prompt_init() -> None:
     model = tiny(num_prompts=12, caption_loss=False)
     assert model.prompt_embedding.shape == (12, 12, 64)
-    std = float(model.prompt_embedding.std())
+    std = float(model.prompt_embedding.detach().std())
     assert abs(std / (64**-0.5 * 0.02) - 1) < 0.05  # 9,216 samples
-    assert float(tiny(prompt_init_std=0.02, caption_loss=False).prompt_embedding.std()) > 0.015
+    assert float(tiny(prompt_init_std=0.02, caption_loss=False).prompt_embedding.detach().std()) > 0.015
     agg = model.aggregation.attn
     assert torch.count_nonzero(agg.in_proj_bias) == 0
     bound = math.sqrt(6 / (64 + 3 * 64))  # xavier-uniform on the (3W, W) in-projection
-    assert float(agg.in_proj_weight.abs().max()) <= bound and float(agg.in_proj_weight.std()) > 0.5 * bound / 2
+    weight = agg.in_proj_weight.detach()
+    assert float(weight.abs().max()) <= bound and abs(float(weight.std()) / (bound / math.sqrt(3)) - 1) < 0.05
 
 
 @pytest.mark.parametrize("mode", ["paper", "official"])
@@ -403,4 +422,4 @@ def test_vit_b32_parameter_counts(vit_b32: PromptSwitch) -> None:
     assert _count(m.captioner.prenorm) == 2 * d
     assert _count(m.captioner.head) == d * v + v == 25_346_304
     assert torch.equal(m.captioner.head.weight, m.clip.token_embedding.weight)
-    assert abs(float(m.prompt_embedding.std()) / (768**-0.5 * 0.02) - 1) < 0.05
+    assert abs(float(m.prompt_embedding.detach().std()) / (768**-0.5 * 0.02) - 1) < 0.05

@@ -79,6 +79,8 @@ def _check_visual(visual: nn.Module) -> int:
 class PromptSwitch(RetrievalMethod):
     """Prompt cube + per-layer switch + prompt aggregation + caption loss on an open_clip ViT CLIP."""
 
+    name: ClassVar[str] = "promptswitch"
+
     #: option values fixed by an ablation variant (empty for the full method)
     fixed_options: ClassVar[dict[str, Any]] = {}
 
@@ -113,6 +115,7 @@ class PromptSwitch(RetrievalMethod):
             raise ValueError(f"promptswitch option prompt_init_std must be > 0, got {prompt_init_std!r}")
 
         self.num_prompts, self.switch = int(num_prompts), bool(switch)
+        self.sampler_segments = self.num_prompts  # chunked samplers split the video into num_prompts segments
         self.use_aggregation, self.use_caption_loss = bool(aggregation), bool(caption_loss)
         self.caption_loss_mult, self.frequent_word_weight = float(caption_loss_mult), float(frequent_word_weight)
         self.num_captioner_layers, self.prompt_init_std = int(num_captioner_layers), std
@@ -246,7 +249,7 @@ class PromptSwitch(RetrievalMethod):
         }
 
 
-def _variant(name: str, doc: str, **fixed: Any) -> type[PromptSwitch]:
+def _variant(name: str, class_name: str, doc: str, **fixed: Any) -> type[PromptSwitch]:
     """Register a subclass of PromptSwitch with some options fixed (and removed from its signature)."""
     base_sig = inspect.signature(PromptSwitch.__init__)
     params = [p for p in base_sig.parameters.values() if p.name not in fixed]
@@ -258,17 +261,24 @@ def _variant(name: str, doc: str, **fixed: Any) -> type[PromptSwitch]:
         PromptSwitch.__init__(self, clip, **options, **fixed)
 
     __init__.__signature__ = base_sig.replace(parameters=params)  # type: ignore[attr-defined]
-    cls = type(name.replace("-", "_"), (PromptSwitch,), {"__init__": __init__, "__doc__": doc, "fixed_options": fixed})
+    namespace = {"__init__": __init__, "__doc__": doc, "fixed_options": fixed, "name": name}
+    cls = type(class_name, (PromptSwitch,), namespace)
     METHODS.add(name, cls)
     return cls
 
 
 PromptSwitchNoSwitch = _variant(
-    "promptswitch-noswitch", "Ablation: no switch; prompts stay per frame, frames never interact.", switch=False
+    "promptswitch-noswitch",
+    "PromptSwitchNoSwitch",
+    "Ablation: no switch; prompts stay per frame, frames never interact.",
+    switch=False,
 )
 PromptSwitchNoAgg = _variant(
     "promptswitch-noagg",
+    "PromptSwitchNoAgg",
     "Ablation: no aggregation; the class token goes straight to ln_post + proj.",
     aggregation=False,
 )
-PromptSwitchNoCap = _variant("promptswitch-nocap", "Ablation: no caption decoder or caption loss.", caption_loss=False)
+PromptSwitchNoCap = _variant(
+    "promptswitch-nocap", "PromptSwitchNoCap", "Ablation: no caption decoder or caption loss.", caption_loss=False
+)

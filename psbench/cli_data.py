@@ -1,0 +1,164 @@
+"""``psbench data verify`` and ``psbench data compress``: thin wrappers over psbench.data.verify/compress."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from psbench.progress import Task
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+#: missing / corrupt videos printed by name (the manifest lists all of them)
+SHOWN = 50
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _progress_callback(task: Task) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that advances a progress task by the difference."""
+    state = {"done": 0}
+
+    def report(done: int, total: int) -> None:
+        task.advance(done - state["done"])
+        state["done"] = done
+
+    return report
+
+
+def _protocol_for(dataset: str, protocol: str | None) -> dict[str, Any]:
+    from psbench.protocol import list_protocols, load_protocol
+
+    if protocol is not None:
+        proto = load_protocol(protocol)
+    elif dataset in list_protocols():
+        proto = load_protocol(dataset)
+    else:
+        from psbench.cli import default_protocol_for
+
+        proto = load_protocol(default_protocol_for(dataset))
+    found = proto.get("data", {}).get("dataset")
+    if found != dataset:
+        raise ValueError(f"protocol {proto['name']} is for dataset {found!r}, not {dataset!r}")
+    return proto
+
+
+def verify(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name: msrvtt, msvd, lsmdc, synthetic.")],
+    root: Annotated[Path, typer.Option(help="Dataset root (annotation files + the protocol's video folder).")],
+    protocol: Annotated[
+        str | None, typer.Option(help="Protocol name or .toml path whose splits are checked (default: the dataset's).")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Check only these splits (default: the protocol's train, val and test).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSON manifest here (default: ROOT/manifest.json).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = max(1, min(8, os.cpu_count() or 1)),
+) -> None:
+    """Check that every video a protocol needs exists and decodes; write a manifest with checksums.
+
+    Each video is decoded once to count its real frames, and hashed (sha256). Missing and corrupt
+    videos are listed by name; the exit code is 1 if there are any.
+
+    Example: `psbench data verify --dataset msrvtt --root data/msrvtt --protocol msrvtt-1ka --split test`
+    """
+    _setup_logging()
+    from psbench.data.datasets import load_split
+    from psbench.data.verify import verify_dataset
+    from psbench.progress import RichProgress
+    from psbench.protocol import resolve
+
+    try:
+        import psbench.data.real_datasets  # noqa: F401 - registers msrvtt, msvd, lsmdc
+
+        cfg = resolve(_protocol_for(dataset, protocol), method="").data  # the protocol's own [data] table
+        names = split or [s for s in (cfg.train_split, cfg.val_split, cfg.test_split) if s]
+        splits = [load_split(cfg, root, name) for name in dict.fromkeys(names)]
+        total = len({v for s in splits for v in s.video_ids})
+        with RichProgress(console=err_console) as progress, progress.task("verify videos", total) as task:
+            manifest = verify_dataset(splits, workers, out or root / "manifest.json", _progress_callback(task))
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        _fail(str(exc))
+    counts = manifest.counts()
+    table = Table(title=f"{dataset} videos under {root}")
+    for key in ("videos", "ok", "missing", "corrupt"):
+        table.add_column(key, justify="right")
+    table.add_row(*(str(counts[k]) for k in ("videos", "ok", "missing", "corrupt")))
+    console.print(table)
+    where = out or root / "manifest.json"
+    for label, items in (("[yellow]missing[/]", manifest.missing), ("[red]corrupt[/]", manifest.corrupt)):
+        for vid, detail in list(items.items())[:SHOWN]:
+            console.print(f"{label} {vid}: {detail}")
+        if len(items) > SHOWN:
+            console.print(f"{label} ... and {len(items) - SHOWN} more (all listed in {where})")
+    console.print(f"manifest: {where}")
+    if not manifest.ok:
+        raise typer.Exit(1)
+
+
+def compress(
+    src: Annotated[Path, typer.Option(help="Folder of original videos (searched recursively).")],
+    dst: Annotated[Path, typer.Option(help="Output folder (same relative paths, .mp4).")],
+    fps: Annotated[float, typer.Option(help="Output frame rate (frames chosen by timestamp).")] = 3.0,
+    size: Annotated[int, typer.Option(help="Shorter side in pixels (even).")] = 224,
+    crf: Annotated[int, typer.Option(help="libx264 constant rate factor (lower = better quality).")] = 23,
+    workers: Annotated[int, typer.Option(help="Encoding processes.")] = max(1, min(8, os.cpu_count() or 1)),
+) -> None:
+    """Resize videos (shorter side --size) and reduce their frame rate (--fps) into H.264 mp4.
+
+    Resumable: outputs that exist and decode are skipped; each output is written to a temporary file
+    and renamed. The recipe is written to DST/compress_recipe.json and recorded by later runs.
+
+    Example: `psbench data compress --src raw/MSRVTT/videos/all --dst data/msrvtt/videos --fps 3 --size 224 --workers 8`
+    """
+    _setup_logging()
+    from psbench.data.compress import CompressSettings, compress_videos, find_sources
+    from psbench.progress import RichProgress
+
+    try:
+        settings = CompressSettings(fps=fps, size=size, crf=crf)
+        total = len(find_sources(src, exclude=dst))
+        with RichProgress(console=err_console) as progress, progress.task("compress videos", total) as task:
+            report = compress_videos(src, dst, settings, workers, _progress_callback(task))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed; "
+        f"recipe: {report.recipe_path}"
+    )
+    for source, reason in report.failed.items():
+        console.print(f"[red]failed[/] {source}: {reason}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(data_app: typer.Typer) -> None:
+    """Add ``verify`` and ``compress`` to the ``psbench data`` sub-app."""
+    data_app.command("verify")(verify)
+    data_app.command("compress")(compress)

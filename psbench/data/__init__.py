@@ -1,0 +1,1 @@
+"""Annotation parsers, video decoding, frame samplers, transforms, loaders and the synthetic set."""

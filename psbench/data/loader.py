@@ -1,0 +1,372 @@
+"""Torch datasets, collate functions, batch samplers and loaders for training and gallery encoding.
+
+Randomness never comes from global state: a training item draws its frames and augmentation from
+``np.random.default_rng([seed, epoch, index])`` and a batch sampler shuffles with
+``np.random.default_rng([seed, epoch])``, so results do not depend on the number of workers or on
+which worker loads an item. Call :func:`set_loader_epoch` (or ``set_epoch`` on the dataset and the
+batch sampler) before iterating an epoch. Workers are not persistent, so each epoch's workers see
+the current epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from psbench.data.sampling import SAMPLERS, sample_frames
+from psbench.data.split import RetrievalSplit
+from psbench.data.transforms import VideoTransform, make_transform
+from psbench.data.video import VideoNotFoundError, decode_frames, probe_video
+from psbench.method import Batch
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """How many frames a video yields and which named sampler chooses them."""
+
+    num_frames: int
+    sampler: str
+    segments: int | None = None
+
+    def __post_init__(self) -> None:
+        SAMPLERS.get(self.sampler)  # unknown names fail here, listing the valid ones
+        if self.num_frames < 1:
+            raise ValueError(f"FrameSpec.num_frames must be >= 1, got {self.num_frames}")
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one training item: a pure function of (seed, epoch, item index)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+class _VideoClips:
+    """Reads the sampled, transformed frames of the split's videos (frame counts cached per process)."""
+
+    def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
+        self.split, self.frames = split, frames
+        self.transform: VideoTransform = make_transform(transform, size)
+        self._num_frames: dict[str, int] = {}
+
+    def path(self, video_id: str) -> Path:
+        try:
+            return Path(self.split.video_paths[video_id])
+        except KeyError:
+            raise VideoNotFoundError(
+                f"split {self.split.name!r} has no file for video {video_id!r}"
+            ) from None
+
+    def clip(self, video_id: str, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
+        """-> frames (F, 3, S, S) float, mask (F,) bool (all True: samplers always return F frames)."""
+        path = self.path(video_id)
+        if video_id not in self._num_frames:
+            self._num_frames[video_id] = probe_video(path).num_frames
+        spec = self.frames
+        indices = sample_frames(spec.sampler, self._num_frames[video_id], spec.num_frames, rng, spec.segments)
+        pixels = decode_frames(path, indices)  # (F, H, W, 3) uint8
+        frames = self.transform(pixels, rng)  # (F, 3, S, S)
+        return frames, torch.ones(spec.num_frames, dtype=torch.bool)
+
+
+class VideoCaptionDataset(Dataset):
+    """Training: one item per caption of ``split`` (a video with k captions appears k times).
+
+    Item: frames (F, 3, S, S) float, mask (F,) bool, tokens (L,) int64, video_id str, index int.
+    """
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        frames: FrameSpec,
+        transform: str,
+        size: int,
+        tokenizer: Callable[[list[str]], Tensor],
+        seed: int,
+    ) -> None:
+        self.split, self.tokenizer, self.seed = split, tokenizer, seed
+        self.clips = _VideoClips(split, frames, transform, size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split.captions)
+
+    def __getitem__(self, index: int) -> Item:
+        caption = self.split.captions[index]
+        frames, mask = self.clips.clip(caption.video_id, item_rng(self.seed, self.epoch, index))
+        tokens = self.tokenizer([caption.text])[0].to(torch.long)  # (L,)
+        return {
+            "frames": frames,
+            "mask": mask,
+            "tokens": tokens,
+            "video_id": caption.video_id,
+            "index": index,
+        }
+
+
+class GalleryDataset(Dataset):
+    """Evaluation: one item per gallery video (each decoded once), deterministic (no rng).
+
+    Item: frames (F, 3, S, S) float, mask (F,) bool, video_id str, index int (gallery position).
+    A random sampler or transform fails here with its own "needs an rng" error.
+    """
+
+    def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
+        self.split = split
+        self.clips = _VideoClips(split, frames, transform, size)
+
+    def __len__(self) -> int:
+        return len(self.split.video_ids)
+
+    def __getitem__(self, index: int) -> Item:
+        video_id = self.split.video_ids[index]
+        frames, mask = self.clips.clip(video_id, None)
+        return {"frames": frames, "mask": mask, "video_id": video_id, "index": index}
+
+
+def collate_train(items: Sequence[Item], unique_videos: bool = False) -> Batch:
+    """Stack training items into a :class:`Batch`.
+
+    ``unique_videos``: keep only the first item of each video (Prompt Switch's collate, spec §6.7),
+    so a video is never its own negative; the batch can then be smaller than requested.
+    """
+    if unique_videos:
+        first: dict[str, Item] = {}
+        for it in items:
+            first.setdefault(it["video_id"], it)
+        items = list(first.values())
+    return Batch(
+        frames=torch.stack([it["frames"] for it in items]),  # (B, F, 3, S, S)
+        mask=torch.stack([it["mask"] for it in items]),  # (B, F)
+        tokens=torch.stack([it["tokens"] for it in items]),  # (B, L)
+        video_ids=[it["video_id"] for it in items],
+    )
+
+
+def collate_gallery(items: Sequence[Item]) -> Item:
+    """Stack gallery items: frames (N, F, 3, S, S), mask (N, F), index (N,), video_ids list."""
+    return {
+        "frames": torch.stack([it["frames"] for it in items]),  # (N, F, 3, S, S)
+        "mask": torch.stack([it["mask"] for it in items]),  # (N, F)
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),  # (N,)
+        "video_ids": [it["video_id"] for it in items],
+    }
+
+
+class _EpochBatchSampler(Sampler[list[int]], ABC):
+    """Global batches drawn from (seed, epoch), optionally sharded across ``num_replicas`` processes.
+
+    Every process computes the same global batches and keeps its contiguous share
+    ``batch[rank * b : (rank + 1) * b]`` with ``b = batch_size // num_replicas``, so the all-gathered
+    batch of a distributed step is exactly the global batch.
+    """
+
+    def __init__(
+        self, batch_size: int, seed: int, drop_last: bool, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"invalid rank {rank} for num_replicas={num_replicas}")
+        if batch_size % num_replicas:
+            raise ValueError(f"batch_size={batch_size} is not divisible by num_replicas={num_replicas}")
+        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @abstractmethod
+    def global_batches(self) -> list[list[int]]:
+        """All batches of the current epoch, before ``drop_last`` and sharding."""
+
+    def _batches(self) -> list[list[int]]:
+        batches = self.global_batches()
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.num_replicas == 1:
+            return batches
+        batches = [b for b in batches if len(b) >= self.num_replicas]  # every rank gets >= 1 item
+        shards = []
+        for b in batches:
+            bounds = np.linspace(0, len(b), self.num_replicas + 1).astype(int)
+            shards.append(b[bounds[self.rank] : bounds[self.rank + 1]])
+        return shards
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class ShuffledBatchSampler(_EpochBatchSampler):
+    """A fresh permutation of all items every epoch, cut into batches."""
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        drop_last: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(batch_size, seed, drop_last, num_replicas, rank)
+        self.num_items = num_items
+
+    def global_batches(self) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items).tolist()
+        return [order[i : i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
+
+
+class TwinPairBatchSampler(_EpochBatchSampler):
+    """Batches in which every video meets its time-reversed twin (synthetic set).
+
+    Each epoch: shuffle the twin pairs (videos without a twin form groups of one), take one random
+    caption per video, and pack the groups into batches without splitting a pair. When a pair does
+    not fit in the last free slot, the next single video fills it; if there is none the batch is
+    closed one short (only with an odd batch size or with unpaired videos). An epoch therefore
+    visits every video once, with one of its captions.
+    """
+
+    def __init__(
+        self,
+        caption_video_ids: Sequence[str],
+        twin_of: Mapping[str, str],
+        batch_size: int,
+        seed: int,
+        drop_last: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(batch_size, seed, drop_last, num_replicas, rank)
+        if batch_size < 2:
+            raise ValueError(f"TwinPairBatchSampler needs batch_size >= 2 to hold a pair; got {batch_size}")
+        self.captions_of: dict[str, list[int]] = {}
+        for index, video_id in enumerate(caption_video_ids):
+            self.captions_of.setdefault(video_id, []).append(index)
+        for video_id, twin in twin_of.items():
+            if twin_of.get(twin) != video_id:
+                raise ValueError(
+                    f"twin_of is not symmetric: {video_id!r} -> {twin!r}, "
+                    f"but {twin!r} -> {twin_of.get(twin)!r}"
+                )
+        self.groups: list[tuple[str, ...]] = []
+        placed: set[str] = set()
+        for video_id in self.captions_of:  # first-appearance order: deterministic
+            if video_id in placed:
+                continue
+            twin = twin_of.get(video_id)
+            paired = twin is not None and twin != video_id and twin in self.captions_of
+            group = (video_id, twin) if paired else (video_id,)
+            if not paired and twin is not None:
+                log.warning(
+                    "video %r: its twin %r has no caption in this split; batched alone", video_id, twin
+                )
+            self.groups.append(group)
+            placed.update(group)
+
+    def global_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        units = [
+            [self.captions_of[v][int(rng.integers(len(self.captions_of[v])))] for v in self.groups[g]]
+            for g in rng.permutation(len(self.groups))
+        ]
+        used = [False] * len(units)
+        singles = (k for k, unit in enumerate(units) if len(unit) == 1)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for k, unit in enumerate(units):
+            if used[k]:
+                continue
+            used[k] = True
+            if len(current) + len(unit) > self.batch_size:  # a pair facing one free slot
+                filler = next((s for s in singles if not used[s]), None)
+                if filler is not None:
+                    used[filler] = True
+                    current += units[filler]
+                batches.append(current)
+                current = []
+            current += unit
+            if len(current) == self.batch_size:
+                batches.append(current)
+                current = []
+        if current:
+            batches.append(current)
+        return batches
+
+
+def _pin_memory() -> bool:
+    return torch.cuda.is_available()
+
+
+def make_train_loader(
+    dataset: VideoCaptionDataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    twin_pairs: bool,
+    drop_last: bool = True,
+    unique_videos: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
+    """Training loader: seeded per-epoch batches (twin-paired for the synthetic set) -> :class:`Batch`.
+
+    ``batch_size`` is the global batch; with ``num_replicas > 1`` each process loads its share.
+    """
+    sampler: _EpochBatchSampler
+    if twin_pairs:
+        if not dataset.split.twin_of:
+            raise ValueError(f"twin_pairs requested but split {dataset.split.name!r} has no twin videos")
+        video_ids = [c.video_id for c in dataset.split.captions]
+        sampler = TwinPairBatchSampler(
+            video_ids, dataset.split.twin_of, batch_size, seed, drop_last, num_replicas, rank
+        )
+    else:
+        sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, drop_last, num_replicas, rank)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=functools.partial(collate_train, unique_videos=unique_videos),
+        pin_memory=_pin_memory(),
+        persistent_workers=False,
+    )
+
+
+def make_gallery_loader(dataset: GalleryDataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Evaluation loader: the gallery in order, each video once, last batch kept."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=collate_gallery,
+        pin_memory=_pin_memory(),
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch on the loader's dataset and batch sampler (call before iterating)."""
+    for part in (loader.dataset, loader.batch_sampler):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)

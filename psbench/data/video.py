@@ -1,0 +1,155 @@
+"""Frame-accurate video decoding with PyAV.
+
+Frame ``i`` of a video is, by definition here, the ``i``-th frame the decoder outputs in
+presentation order, counting from 0. Timestamps are never used to address frames: containers
+start at non-zero pts (AVI with B-frames starts at 1), B-frames reorder decoding, and seeking to a
+timestamp lands on the previous key frame (see ``tests/test_video.py``, which shows the trap).
+``probe_video`` and ``decode_frames`` therefore both walk the decoder's output sequentially, so
+they agree on the index space by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: a decoded count may fall short of the container's declared count by this many frames (or by
+#: 1/TRUNCATION_FRACTION of it, whichever is larger) before the file is called truncated: edit
+#: lists legitimately make the decoder discard a few leading frames.
+TRUNCATION_SLACK_FRAMES = 2
+TRUNCATION_FRACTION = 20
+
+
+class VideoError(RuntimeError):
+    """A video could not be read; the message always names the file.
+
+    Built as ``VideoError(reason, path)``. The one-argument form ``VideoError(message)`` exists so
+    that torch's DataLoader can re-raise the same class in the main process (it rebuilds worker
+    exceptions from their formatted message, which still contains the path).
+    """
+
+    def __init__(self, reason: str, path: str | Path | None = None) -> None:
+        self.reason, self.path = reason, None if path is None else str(path)
+        super().__init__(reason if path is None else f"{reason}: {path}")
+
+    def __reduce__(self):  # keep (reason, path) through pickling
+        return (type(self), (self.reason, self.path))
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The video file does not exist."""
+
+
+class VideoDecodeError(VideoError):
+    """The file exists but is not a decodable video (corrupt, truncated, no video stream)."""
+
+
+class FrameIndexError(VideoError, IndexError):
+    """A requested frame index is outside [0, number of frames)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Facts about one video; ``num_frames`` is the number of frames the decoder really outputs."""
+
+    path: Path
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoNotFoundError("video file not found", path)
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"cannot open video ({exc.strerror or exc})", path) from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError("no video stream in file", path)
+    return container
+
+
+def _frames(container: av.container.InputContainer, path: Path) -> Iterator[av.VideoFrame]:
+    """Decoded frames of the first video stream, in presentation order; errors name the file."""
+    stream = container.streams.video[0]
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"corrupt video data ({exc.strerror or exc})", path) from exc
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Open ``path`` and count its frames by decoding all of them (no colour conversion).
+
+    We count decoded frames rather than demuxed packets or the container's ``frames`` field:
+    packets can carry frames the decoder discards (edit lists, corrupt data), the header count is
+    absent in some containers and stale in truncated ones, and the decoded count is exactly the
+    index space of :func:`decode_frames`. The header count is used only as evidence of truncation:
+    a decoded count well below it raises :class:`VideoDecodeError`, as does a file that decodes to
+    no frame at all.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        declared = int(stream.frames or 0)
+        count = sum(1 for _ in _frames(container, path))
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = count / fps if fps else 0.0
+    if count == 0:
+        raise VideoDecodeError("video decodes to zero frames", path)
+    if declared > count:
+        missing = declared - count
+        if missing > max(TRUNCATION_SLACK_FRAMES, declared // TRUNCATION_FRACTION):
+            raise VideoDecodeError(
+                f"truncated video: container declares {declared} frames, only {count} decode", path
+            )
+        log.warning("%s: container declares %d frames, %d decode; using %d", path, declared, count, count)
+    return VideoInfo(path, count, fps, duration, width, height)
+
+
+def decode_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames numbered ``indices`` -> (len(indices), H, W, 3) uint8 RGB.
+
+    The k-th output is decoded frame ``indices[k]``; indices may be unsorted and may repeat.
+    Decoding is sequential from the start of the file and stops after the largest index (no
+    seeking, hence frame-accurate for every codec and container). An index outside the video
+    raises :class:`FrameIndexError` naming the file.
+    """
+    path = Path(path)
+    wanted = [int(i) for i in indices]
+    if not wanted:
+        raise ValueError(f"no frame indices requested for {path}")
+    if min(wanted) < 0:
+        raise FrameIndexError(f"negative frame index {min(wanted)} requested", path)
+    needed, last = set(wanted), max(wanted)
+    found: dict[int, np.ndarray] = {}
+    count = 0
+    with _open(path) as container:
+        for number, frame in enumerate(_frames(container, path)):
+            count = number + 1
+            if number in needed:
+                found[number] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            if number >= last:
+                break
+    if last >= count:
+        raise FrameIndexError(f"frame index {last} out of range: the video has {count} frames", path)
+    return np.stack([found[i] for i in wanted])  # (len(indices), H, W, 3)

@@ -1,0 +1,454 @@
+"""FLOP counts: fvcore on the real modules, plus the closed forms they are checked against.
+
+Convention: **FLOPs = 2 x multiply-adds (MACs)**. fvcore counts one multiply-add as one "flop";
+:func:`count_flops` converts explicitly (``FlopCount.flops = 2 * macs``). Only matrix products,
+convolutions and normalisations are counted by fvcore; element-wise work (activations, softmax,
+residual adds) is ignored by convention and listed in ``FlopCount.ignored``. The closed forms
+follow the same rule unless they say otherwise (X-Pool's ``~25 D`` element-wise term, spec §5.4).
+
+fvcore does not know the fused attention operators that ``nn.MultiheadAttention`` and open_clip
+use; :func:`attention_handles` adds them:
+
+* ``aten::scaled_dot_product_attention`` (grad-enabled MHA path, custom attention): scores + weighted
+  values, ``B L S E + B L S Ev`` MACs, dense (a causal or boolean mask does not reduce the count);
+* ``aten::_native_multi_head_attention`` (the inference fast path of ``nn.MultiheadAttention``):
+  in-projections, scores, weighted values and output projection;
+* ``aten::baddbmm`` / ``aten::addbmm`` (batched GEMMs with an added bias).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import Tensor, nn
+
+from psbench.method import Encoded, RetrievalMethod
+from psbench.registry import Registry
+
+MAC_TO_FLOP = 2
+
+#: element-wise / data-movement operators not counted by convention (fvcore ignores them silently
+#: only if told; listing them keeps ``unsupported`` for operators that would really be missed)
+ELEMENTWISE_OPS: tuple[str, ...] = (
+    "aten::add",
+    "aten::add_",
+    "aten::sub",
+    "aten::rsub",
+    "aten::mul",
+    "aten::mul_",
+    "aten::div",
+    "aten::div_",
+    "aten::sigmoid",
+    "aten::gelu",
+    "aten::relu",
+    "aten::softmax",
+    "aten::exp",
+    "aten::sum",
+    "aten::mean",
+    "aten::norm",
+    "aten::linalg_vector_norm",
+    "aten::clamp_min",
+    "aten::sqrt",
+    "aten::rsqrt",
+    "aten::pow",
+    "aten::neg",
+    "aten::abs",
+    "aten::unflatten",
+    "aten::embedding",
+    "aten::argmax",
+    "aten::topk",
+    "aten::scatter",
+    "aten::masked_fill_",
+    "aten::where",
+    "aten::any",
+    "aten::all",
+    "aten::repeat",
+    "aten::roll",
+    "aten::index_select",
+    "aten::new_zeros",
+    "aten::zeros",
+    "aten::ones",
+    "aten::fill_",
+    "aten::lt",
+    "aten::le",
+    "aten::ne",
+    "aten::logical_not",
+    "aten::bitwise_and",
+    "aten::bitwise_or",
+    "aten::to",
+    "aten::type_as",
+    "aten::zeros_like",
+    "aten::ones_like",
+    "aten::expand_as",
+    "aten::clone",
+    "aten::__or__",
+    "aten::repeat_interleave",
+    "aten::upsample_linear1d",  # Video Proxy's temporal-embedding resize: O(F W), negligible
+)
+
+Handle = Callable[[list[Any], list[Any]], int]
+
+
+# -- fvcore handles --------------------------------------------------------------------------------
+def _shape(value: Any) -> list[int]:
+    shape = get_shape(value)
+    if shape is None:
+        raise ValueError("fvcore handle: an attention input has no complete shape in the traced graph")
+    return list(shape)
+
+
+def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::scaled_dot_product_attention``: q (..., L, E), k (..., S, E), v (..., S, Ev)."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    batch = math.prod(q[:-2])
+    length, src, e, ev = q[-2], k[-2], q[-1], v[-1]
+    return batch * length * src * (e + ev)
+
+
+def native_mha_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::_native_multi_head_attention``: q (B, L, E), k/v (B, S, E) -> projections + attention."""
+    q, k = _shape(inputs[0]), _shape(inputs[1])
+    e = q[-1]
+    batch, length, src = math.prod(q[:-2]) if len(q) > 2 else 1, q[-2], k[-2]
+    projections = batch * length * e * e + 2 * batch * src * e * e + batch * length * e * e  # q, k, v, out
+    attention = 2 * batch * length * src * e  # scores + weighted values, summed over heads
+    return projections + attention
+
+
+def baddbmm_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::baddbmm`` / ``aten::addbmm``: bias + (B, n, m) @ (B, m, p)."""
+    a, b = _shape(inputs[1]), _shape(inputs[2])
+    return a[0] * a[1] * a[2] * b[2]
+
+
+def attention_handles() -> dict[str, Handle]:
+    """Handles for the operators fvcore's defaults miss on open_clip ViTs and our methods."""
+    return {
+        "aten::scaled_dot_product_attention": sdpa_macs,
+        "aten::_native_multi_head_attention": native_mha_macs,
+        "aten::baddbmm": baddbmm_macs,
+        "aten::addbmm": baddbmm_macs,
+    }
+
+
+# -- counting --------------------------------------------------------------------------------------
+@dataclass
+class FlopCount:
+    """An fvcore count. ``macs`` as fvcore reports them; ``flops`` = 2 x ``macs``."""
+
+    macs: int
+    by_operator: dict[str, int]
+    unsupported: dict[str, int]
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def flops(self) -> int:
+        return MAC_TO_FLOP * self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flops": self.flops,
+            "macs": self.macs,
+            "by_operator_macs": self.by_operator,
+            "unsupported_ops": self.unsupported,
+        }
+
+
+class _Call(nn.Module):
+    """Wrap a callable on flat tensors as a module for tracing; ``owner`` registers its parameters."""
+
+    def __init__(self, fn: Callable[..., Tensor], owner: nn.Module | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.owner = owner
+
+    def forward(self, *args: Tensor) -> Tensor:
+        return self.fn(*args)
+
+
+def count_flops(
+    fn: nn.Module | Callable[..., Tensor],
+    inputs: Sequence[Tensor],
+    owner: nn.Module | None = None,
+    with_handles: bool = True,
+) -> FlopCount:
+    """Trace ``fn(*inputs)`` once with fvcore and count it.
+
+    Runs under ``torch.no_grad``, as inference does, so ``nn.MultiheadAttention`` takes its fused
+    fast path (``aten::_native_multi_head_attention``) exactly as in the timed code.
+
+    ``with_handles=False`` gives fvcore's raw count (what it misses shows in ``unsupported``).
+    """
+    module = fn if isinstance(fn, nn.Module) else _Call(fn, owner)
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(module, tuple(inputs))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        if with_handles:
+            analysis.set_op_handle(**attention_handles())
+            analysis.set_op_handle(**dict.fromkeys(ELEMENTWISE_OPS))
+        total = int(analysis.total())
+        by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+        unsupported = dict(Counter(analysis.unsupported_ops()))
+    return FlopCount(total, by_op, unsupported, list(ELEMENTWISE_OPS) if with_handles else [])
+
+
+def _flatten_encoded(enc: Encoded) -> tuple[list[str], list[Tensor]]:
+    keys = sorted(enc)
+    return keys, [enc[k] for k in keys]
+
+
+def count_similarity_flops(method: RetrievalMethod, text: Encoded, video: Encoded) -> FlopCount:
+    """fvcore count of ``method.similarity(text, video)`` on these (small) encodings."""
+    text_keys, text_values = _flatten_encoded(text)
+    video_keys, video_values = _flatten_encoded(video)
+    split = len(text_keys)
+
+    def call(*tensors: Tensor) -> Tensor:
+        t = dict(zip(text_keys, tensors[:split], strict=True))
+        v = dict(zip(video_keys, tensors[split:], strict=True))
+        return method.similarity(t, v)
+
+    return count_flops(call, [*text_values, *video_values], owner=method)
+
+
+def count_encode_video_flops(method: RetrievalMethod, frames: Tensor, mask: Tensor) -> FlopCount:
+    """fvcore count of ``method.encode_video(frames, mask)`` (offline stage)."""
+
+    def call(f: Tensor, m: Tensor) -> tuple[Tensor, ...]:
+        enc = method.encode_video(f, m)
+        return tuple(enc[k] for k in sorted(enc))
+
+    return count_flops(call, [frames, mask], owner=method)
+
+
+def count_encode_text_flops(method: RetrievalMethod, tokens: Tensor) -> FlopCount:
+    """fvcore count of ``method.encode_text(tokens)`` (online, per query batch)."""
+
+    def call(t: Tensor) -> tuple[Tensor, ...]:
+        enc = method.encode_text(t)
+        return tuple(enc[k] for k in sorted(enc))
+
+    return count_flops(call, [tokens], owner=method)
+
+
+# -- closed forms: transformers ------------------------------------------------------------------------
+def block_macs(tokens: int, width: int, mlp_width: int, keys: int | None = None) -> dict[str, int]:
+    """MACs of one pre-LN transformer block on ``tokens`` queries attending to ``keys`` (dense)."""
+    s = tokens if keys is None else keys
+    return {
+        "qkv": 3 * tokens * width * width,
+        "attention_scores": tokens * s * width,
+        "attention_values": tokens * s * width,
+        "out_proj": tokens * width * width,
+        "mlp": 2 * tokens * width * mlp_width,
+    }
+
+
+@dataclass(frozen=True)
+class ViTShape:
+    """The shapes that set a ViT image encoder's cost."""
+
+    image_size: int
+    patch_size: int
+    in_channels: int
+    width: int
+    layers: int
+    mlp_width: int
+    output_dim: int
+    projection: bool = True
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens(self) -> int:
+        return self.patches + 1
+
+    @classmethod
+    def from_visual(cls, visual: nn.Module) -> ViTShape:
+        """Read the shapes off an open_clip ``VisionTransformer``."""
+        conv = visual.conv1
+        resblocks = visual.transformer.resblocks
+        grid = visual.grid_size[0] if isinstance(visual.grid_size, tuple) else int(visual.grid_size)
+        proj = getattr(visual, "proj", None)
+        width = int(conv.out_channels)
+        return cls(
+            image_size=grid * int(conv.kernel_size[0]),
+            patch_size=int(conv.kernel_size[0]),
+            in_channels=int(conv.in_channels),
+            width=width,
+            layers=len(resblocks),
+            mlp_width=int(resblocks[0].mlp.c_fc.out_features),
+            output_dim=int(proj.shape[1]) if proj is not None else width,
+            projection=proj is not None,
+        )
+
+
+#: OpenAI ViT-B/32 at 224 px (spec §1)
+VIT_B_32 = ViTShape(image_size=224, patch_size=32, in_channels=3, width=768, layers=12, mlp_width=3072, output_dim=512)
+
+
+def vit_image_macs(shape: ViTShape, extra_tokens: int = 0) -> dict[str, int]:
+    """MACs of one image through the ViT: patch conv, every block, final projection.
+
+    ``extra_tokens`` appended to every frame's sequence (Prompt Switch's prompts) join every block.
+    """
+    patch = shape.patches * shape.width * shape.in_channels * shape.patch_size**2
+    per_block = block_macs(shape.tokens + extra_tokens, shape.width, shape.mlp_width)
+    parts = {"patch_embed": patch}
+    for key, value in per_block.items():
+        parts[key] = shape.layers * value
+    parts["proj"] = shape.width * shape.output_dim if shape.projection else 0
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+@dataclass(frozen=True)
+class TextShape:
+    context_length: int
+    width: int
+    layers: int
+    mlp_width: int
+    output_dim: int
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module) -> TextShape:
+        resblocks = clip.transformer.resblocks
+        proj = clip.text_projection
+        width = int(clip.transformer.width)
+        out = int(proj.shape[1]) if isinstance(proj, Tensor) else int(proj.out_features)
+        return cls(int(clip.context_length), width, len(resblocks), int(resblocks[0].mlp.c_fc.out_features), out)
+
+
+def text_macs(shape: TextShape) -> int:
+    """MACs of one query through the text tower (all context positions; projection of EOT only)."""
+    per_block = sum(block_macs(shape.context_length, shape.width, shape.mlp_width).values())
+    return shape.layers * per_block + shape.width * shape.output_dim
+
+
+# -- closed forms: per-method offline and online cost ----------------------------------------------------
+OfflineFormula = Callable[[RetrievalMethod, int], int]  # (method, frames) -> FLOPs per video
+OnlineFormula = Callable[[RetrievalMethod, int, int], float]  # (method, frames, dim) -> FLOPs per pair
+
+OFFLINE_FORMULAS: Registry[OfflineFormula] = Registry("offline FLOP formula")
+ONLINE_FORMULAS: Registry[OnlineFormula] = Registry("online FLOP formula")
+
+
+def formula_name(method: RetrievalMethod, registry: Registry[Any]) -> str | None:
+    """The registered method name whose formula applies: the method's class or its nearest base."""
+    from psbench.method import METHODS
+
+    classes = {METHODS.get(n): n for n in METHODS.names() if n in registry}
+    for klass in type(method).__mro__:
+        if klass in classes:
+            return classes[klass]
+    return None
+
+
+def dot_product_pair_flops(method: RetrievalMethod, frames: int, dim: int) -> float:
+    """One stored D-vector per video: 2 D per (query, video) pair (2QND in total)."""
+    return 2.0 * dim
+
+
+def frame_vit_video_flops(method: RetrievalMethod, frames: int) -> int:
+    """F independent CLIP frame passes (meanpool, Token Shift: the shift moves tokens, no FLOPs)."""
+    return MAC_TO_FLOP * frames * vit_image_macs(ViTShape.from_visual(method.clip.visual))["total"]
+
+
+def xpool_pair_flops(method: RetrievalMethod, frames: int, dim: int) -> float:
+    """X-Pool per pair as our ``similarity`` does it (spec §5.4), with W_o folded or not."""
+    head = method.pool_head
+    folded = bool(getattr(method, "fold_out_proj", False))
+    logits = 2 * frames * dim
+    weighted = 2 * head.num_heads * frames * dim if folded else 2 * frames * dim
+    projections = 2 * dim * dim * (1 if folded else 2)  # W_l (+ W_o)
+    return float(projections + logits + weighted + 25 * dim)
+
+
+def xpool_video_flops(method: RetrievalMethod, frames: int) -> int:
+    """F frame passes + cached k, v projections (+ W_o folded into the values)."""
+    dim = method.pool_head.dim
+    folded = bool(getattr(method, "fold_out_proj", False))
+    extra = frames * dim * dim * (3 if folded else 2)
+    return frame_vit_video_flops(method, frames) + MAC_TO_FLOP * extra
+
+
+def videoproxy_video_flops(method: RetrievalMethod, frames: int) -> int:
+    """One sequence of M proxies + F*P patches through every block, dense masked attention."""
+    shape = ViTShape.from_visual(method.clip.visual)
+    seq = method.num_proxies + frames * shape.patches
+    patch = frames * shape.patches * shape.width * shape.in_channels * shape.patch_size**2
+    blocks = shape.layers * sum(block_macs(seq, shape.width, shape.mlp_width).values())
+    proj = shape.width * shape.output_dim if shape.projection else 0
+    return MAC_TO_FLOP * (patch + blocks + proj)
+
+
+def promptswitch_video_flops(method: RetrievalMethod, frames: int) -> int:
+    """F frame passes with np prompt tokens each, + the aggregation MHA per chunk (spec §6.5)."""
+    shape = ViTShape.from_visual(method.clip.visual)
+    npr, w = method.num_prompts, shape.width
+    macs = frames * vit_image_macs(shape, extra_tokens=npr)["total"]
+    if getattr(method, "use_aggregation", False):
+        keys_per_query = npr * npr if method.switch else npr
+        chunks_keys = (frames // npr) * npr * npr if method.switch else frames * npr
+        macs += frames * w * w * 2  # q and out projections, one class token per frame
+        macs += chunks_keys * w * w * 2  # k and v projections of the prompts
+        macs += 2 * frames * keys_per_query * w  # scores + weighted values
+    return MAC_TO_FLOP * macs
+
+
+def _register_defaults() -> None:
+    for name in ("meanpool", "tokenshift", "videoproxy", "promptswitch"):
+        ONLINE_FORMULAS.add(name, dot_product_pair_flops)
+    ONLINE_FORMULAS.add("xpool", xpool_pair_flops)
+    OFFLINE_FORMULAS.add("meanpool", frame_vit_video_flops)
+    OFFLINE_FORMULAS.add("tokenshift", frame_vit_video_flops)
+    OFFLINE_FORMULAS.add("xpool", xpool_video_flops)
+    OFFLINE_FORMULAS.add("videoproxy", videoproxy_video_flops)
+    OFFLINE_FORMULAS.add("promptswitch", promptswitch_video_flops)
+
+
+_register_defaults()
+
+
+def closed_form_pair_flops(method: RetrievalMethod, frames: int, dim: int) -> float | None:
+    """Closed-form online FLOPs per (query, video) pair, or None if no formula applies."""
+    name = formula_name(method, ONLINE_FORMULAS)
+    return None if name is None else ONLINE_FORMULAS.get(name)(method, frames, dim)
+
+
+def closed_form_video_flops(method: RetrievalMethod, frames: int) -> int | None:
+    """Closed-form offline FLOPs per video, or None if no formula applies."""
+    name = formula_name(method, OFFLINE_FORMULAS)
+    return None if name is None else OFFLINE_FORMULAS.get(name)(method, frames)
+
+
+def closed_form_text_flops(method: RetrievalMethod) -> int:
+    """Closed-form FLOPs of the text tower per query (+ X-Pool's query projection when present)."""
+    macs = text_macs(TextShape.from_clip(method.clip))
+    head = getattr(method, "pool_head", None)
+    if head is not None:
+        macs += head.dim * head.dim
+    return MAC_TO_FLOP * macs
+
+
+def similarity_flops_table(q: int, n: int, frames: int = 12, dim: int = 512) -> dict[str, float]:
+    """Spec §7 online FLOPs for Q queries x N videos (text tower excluded), for quick reference."""
+    pair_dot = 2.0 * dim
+    xpool_impl = 4 * dim * dim + 4 * frames * dim + 25 * dim
+    xpool_min = 2 * dim * dim + 4 * frames * dim + 25 * dim
+    return {
+        "dot_product": q * n * pair_dot,
+        "xpool_as_implemented": q * n * xpool_impl + 2 * q * dim * dim,
+        "xpool_folded_w_o": q * n * xpool_min + 2 * q * dim * dim,
+    }

@@ -1,0 +1,219 @@
+"""A saved gallery index: precomputed ``encode_video`` outputs + video ids, searched with the engine's top-k.
+
+File layout (``torch.save``; loaded with ``weights_only=True``)::
+
+    {"format": 1, "method": str, "video_ids": [str], "encoded": {key: Tensor (N, ...)},
+     "meta": JSON string: run dir, resolved config, model fingerprint, frames, source, time}
+
+The model fingerprint (a hash of the method's state dict) is checked at search time, so an index
+is never searched with a model other than the one that encoded its gallery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from psbench import engine
+from psbench.method import Encoded, RetrievalMethod
+from psbench.progress import Progress, SilentProgress
+from psbench.runs import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+
+
+class VideoIndexError(ValueError):
+    """An index file is malformed or does not match the model it is searched with."""
+
+
+@dataclass
+class VideoIndex:
+    method: str
+    video_ids: list[str]
+    encoded: Encoded
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = engine.encoded_len(self.encoded)
+        if n != len(self.video_ids):
+            raise VideoIndexError(f"index has {n} encoded items but {len(self.video_ids)} video ids")
+        if len(set(self.video_ids)) != len(self.video_ids):
+            raise VideoIndexError("index video ids are not unique")
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+
+@dataclass
+class SearchResult:
+    """Per query: the k best video ids, their scores and gallery indices (best first)."""
+
+    ids: list[list[str]]
+    scores: Tensor  # (Q, k) float32
+    indices: Tensor  # (Q, k) int64
+
+
+def model_fingerprint(method: RetrievalMethod) -> str:
+    """sha256 (16 hex) of the method's class name and every state-dict tensor (names, shapes, bytes)."""
+    h = hashlib.sha256(type(method).__name__.encode())
+    for name, value in sorted(method.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_index(index: VideoIndex, path: Path) -> None:
+    """Write the index atomically (CPU tensors)."""
+    payload = {
+        "format": INDEX_FORMAT,
+        "method": index.method,
+        "video_ids": list(index.video_ids),
+        "encoded": {k: v.detach().cpu().contiguous() for k, v in index.encoded.items()},
+        "meta": json.dumps(index.meta, sort_keys=True, default=str),
+    }
+    atomic_torch_save(payload, Path(path))
+
+
+def load_index(path: Path) -> VideoIndex:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"index file not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != INDEX_FORMAT:
+        raise VideoIndexError(f"{path} is not a psbench index (format {INDEX_FORMAT})")
+    meta = json.loads(payload["meta"])
+    return VideoIndex(payload["method"], list(payload["video_ids"]), dict(payload["encoded"]), meta)
+
+
+# -- building from a run ----------------------------------------------------------------------------
+def load_run_method(run_dir: Path) -> tuple[RetrievalMethod, Any, dict[str, Any]]:
+    """The trained method of a run directory (selected checkpoint), its RunConfig and config record."""
+    from psbench.protocol import RunConfig
+    from psbench.reevaluate import model_checkpoint
+    from psbench.runner import build_method
+    from psbench.runs import read_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    record = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_dict(record["config"])
+    method = build_method(cfg, Path(record["weights"]) if record.get("weights") else None)
+    ckpt = model_checkpoint(run_dir)
+    if ckpt is not None:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).splitlines()[0]
+            raise VideoIndexError(f"{ckpt} cannot be loaded with weights_only=True: {reason}") from exc
+        method.load_state_dict(state["model"])
+    elif cfg.train.epochs > 0:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint found (the run did not finish an epoch)")
+    record["checkpoint"] = str(ckpt) if ckpt else None
+    return method.eval(), cfg, record
+
+
+def directory_split(directory: Path) -> Any:
+    """A caption-less split of every video file under ``directory`` (ids: relative paths without suffix)."""
+    from psbench.data.paths import VIDEO_EXTENSIONS
+    from psbench.data.split import RetrievalSplit
+
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {directory}")
+    ids = [p.relative_to(directory).with_suffix("").as_posix() for p in files]
+    return RetrievalSplit(directory.name or str(directory), ids, [], dict(zip(ids, files, strict=True)))
+
+
+def build_index(
+    run_dir: Path,
+    videos: str,
+    data_root: Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> VideoIndex:
+    """Encode a gallery with a run's model: ``videos`` is a directory of video files or a split name
+    of the run's dataset (e.g. ``test``), read under ``data_root`` (default: the run's)."""
+    from psbench.data.datasets import load_split
+    from psbench.data.loader import GalleryDataset, make_gallery_loader
+    from psbench.evaluate import frame_spec
+
+    progress = progress or SilentProgress()
+    method, cfg, record = load_run_method(run_dir)
+    method.to(torch.device(device))
+    if Path(videos).is_dir():
+        split, source = directory_split(Path(videos)), {"directory": str(Path(videos).resolve())}
+    else:
+        root = Path(data_root) if data_root else Path(record["data_root"])
+        split, source = load_split(cfg.data, root, videos), {"split": videos, "data_root": str(root)}
+    test = cfg.test
+    dataset = GalleryDataset(
+        split, frame_spec(test.frames, test.sampler, test.segments, method), test.transform, test.resolution
+    )
+    loader = make_gallery_loader(dataset, test.batch_size, test.num_workers)
+    with progress.task(f"encode {len(split.video_ids)} videos", len(split.video_ids)) as task:
+        encoded = engine.encode_gallery(method, loader, device, progress=task.advance)
+    meta = {
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": record.get("checkpoint"),
+        "config": record["config"],
+        "protocol_hash": record.get("hashes", {}).get("protocol"),
+        "model_fingerprint": model_fingerprint(method),
+        "max_words": test.max_words,
+        "frames": test.frames,
+        "source": source,
+        "created": datetime.now(UTC).isoformat(),
+    }
+    return VideoIndex(cfg.method, list(split.video_ids), encoded, meta)
+
+
+# -- searching ----------------------------------------------------------------------------------------
+def check_compatible(index: VideoIndex, method: RetrievalMethod, method_name: str | None = None) -> None:
+    """Refuse a method other than the one (same name, same weights) that built the index."""
+    if method_name is not None and method_name != index.method:
+        raise VideoIndexError(f"index was built with method {index.method!r}, not {method_name!r}")
+    expected = index.meta.get("model_fingerprint")
+    if expected and model_fingerprint(method) != expected:
+        raise VideoIndexError("the model's weights differ from the ones that built this index (fingerprint mismatch)")
+
+
+def search(
+    index: VideoIndex,
+    method: RetrievalMethod,
+    queries: Sequence[str] | Tensor,
+    k: int,
+    device: str = "cpu",
+    max_words: int | None = None,
+    block_queries: int = 1024,
+    block_videos: int = 16384,
+) -> SearchResult:
+    """Top-k videos per query through ``engine.topk``: texts are tokenised with the model's tokenizer
+    (``max_words`` from the index unless given); a (Q, L) tensor is taken as tokens."""
+    from psbench.backbone import tokenizer_for
+
+    if isinstance(queries, Tensor):
+        tokens = queries
+    else:
+        if not queries:
+            raise ValueError("search: no queries")
+        words = max_words or int(index.meta.get("max_words", 32))
+        tokens = tokenizer_for(method.clip, words)(list(queries))  # (Q, L)
+    k = min(k, len(index))
+    text = engine.encode_queries(method, tokens, batch_size=256, device=device)
+    scores, indices = engine.topk(method, text, index.encoded, k, block_queries, block_videos, device)
+    ids = [[index.video_ids[i] for i in row] for row in indices.tolist()]
+    return SearchResult(ids, scores, indices)

@@ -1,0 +1,131 @@
+"""The RetrievalMethod contract, checked for every registered method on the tiny backbone.
+
+A new method is covered as soon as it is registered (and imported by ``baselines`` or
+``psbench.promptswitch``); no change to this file is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+import torch
+
+import baselines
+from psbench.backbone import create_clip, tokenizer_for
+from psbench.method import METHODS, Batch, Encoded, RetrievalMethod, create_method
+
+for _module in pkgutil.iter_modules(baselines.__path__):  # also modules not yet listed in __init__
+    importlib.import_module(f"baselines.{_module.name}")
+
+try:  # written by another module owner; the contract covers it once it exists
+    importlib.import_module("psbench.promptswitch")
+except ModuleNotFoundError as exc:
+    if exc.name != "psbench.promptswitch":
+        raise
+
+FRAMES = 6  # a multiple of Prompt Switch's num_prompts = 6
+CAPTIONS = ["a dog runs on the grass", "a man is cooking", "two cars race", "a song plays", "kids laugh"]
+NUM_VIDEOS = 4
+
+
+def _build(name: str, seed: int = 0) -> RetrievalMethod:
+    torch.manual_seed(seed)
+    return create_method(name, create_clip("psbench-tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(7)
+    frames = torch.randn(NUM_VIDEOS, FRAMES, 3, 32, 32, generator=g)
+    mask = torch.ones(NUM_VIDEOS, FRAMES, dtype=torch.bool)
+    mask[2, 4:] = False  # one short video, zero-padded like the loaders do
+    frames[2, 4:] = 0.0
+    torch.manual_seed(0)
+    tokens = tokenizer_for(create_clip("psbench-tiny"), 16)(CAPTIONS)
+    return frames, mask, tokens
+
+
+@pytest.fixture(scope="module", params=METHODS.names())
+def encoded(request, inputs):
+    frames, mask, tokens = inputs
+    method = _build(request.param)
+    with torch.no_grad():
+        text, video = method.encode_text(tokens), method.encode_video(frames, mask)
+        scores = method.similarity(text, video)
+    return request.param, method, text, video, scores
+
+
+def _rows(enc: Encoded, index) -> Encoded:
+    return {k: v[index] for k, v in enc.items()}
+
+
+def test_shapes_and_leading_dimension(encoded):
+    _, method, text, video, scores = encoded
+    assert isinstance(text, dict) and isinstance(video, dict) and text and video
+    assert all(v.shape[0] == len(CAPTIONS) for v in text.values()), {k: v.shape for k, v in text.items()}
+    assert all(v.shape[0] == NUM_VIDEOS for v in video.values()), {k: v.shape for k, v in video.items()}
+    assert scores.shape == (len(CAPTIONS), NUM_VIDEOS)
+    assert torch.isfinite(scores).all()
+
+
+def test_similarity_is_chunk_invariant(encoded):
+    _, method, text, video, scores = encoded
+    with torch.no_grad():
+        for q_step, v_step in ((1, 1), (2, 3), (3, NUM_VIDEOS)):
+            rows = []
+            for q0 in range(0, len(CAPTIONS), q_step):
+                t = _rows(text, slice(q0, q0 + q_step))
+                cols = [
+                    method.similarity(t, _rows(video, slice(v0, v0 + v_step))) for v0 in range(0, NUM_VIDEOS, v_step)
+                ]
+                rows.append(torch.cat(cols, dim=1))
+            torch.testing.assert_close(torch.cat(rows), scores, rtol=0, atol=1e-5)
+
+
+def test_video_batch_order_permutes_columns(encoded, inputs):
+    _, method, text, _, scores = encoded
+    frames, mask, _ = inputs
+    perm = torch.tensor([3, 0, 2, 1])
+    with torch.no_grad():
+        permuted = method.similarity(text, method.encode_video(frames[perm], mask[perm]))
+    torch.testing.assert_close(permuted, scores[:, perm], rtol=0, atol=1e-5)
+
+
+def test_deterministic_under_a_seed(encoded, inputs):
+    name, _, _, _, scores = encoded
+    frames, mask, tokens = inputs
+    again = _build(name)
+    with torch.no_grad():
+        scores_again = again.similarity(again.encode_text(tokens), again.encode_video(frames, mask))
+    assert torch.equal(scores_again, scores)
+
+
+def test_encode_video_never_sees_text(encoded, inputs):
+    _, method, _, video, _ = encoded
+    frames, mask, tokens = inputs
+    params = list(inspect.signature(type(method).encode_video).parameters)
+    assert params == ["self", "frames", "mask"], params
+    with torch.no_grad():
+        method.encode_text(tokens[:2])
+        first = method.encode_video(frames, mask)
+        method.encode_text(tokens.flip(0))
+        second = method.encode_video(frames, mask)
+    for key, value in video.items():
+        assert torch.equal(first[key], value) and torch.equal(second[key], value), key
+
+
+def test_training_loss_is_finite_and_has_gradients(encoded, inputs):
+    name = encoded[0]
+    frames, mask, tokens = inputs
+    trained = _build(name)
+    trained.train()
+    batch = Batch(frames=frames, mask=mask, tokens=tokens[:NUM_VIDEOS], video_ids=[f"v{i}" for i in range(4)])
+    out = trained.training_loss(batch)
+    loss = out["loss"]
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in trained.parameters() if p.grad is not None]
+    assert any(torch.count_nonzero(g) > 0 for g in grads)
