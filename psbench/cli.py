@@ -135,19 +135,27 @@ def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `psbench run`.")],
     data_root: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run used).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    shuffle_frames: Annotated[bool, typer.Option("--shuffle-frames", help="Shuffle each video's frames.")] = False,
+    reverse_frames: Annotated[bool, typer.Option("--reverse-frames", help="Reverse each video's frames.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Re-evaluate a finished run from its checkpoint; writes eval_TIME.json in the run directory.
 
-    Example: `psbench eval runs/20261129T190000_000000Z_synthetic_meanpool_s0`
+    With `--shuffle-frames` or `--reverse-frames` the frame order of every gallery video is destroyed:
+    the drop of each metric measures how much the method relies on temporal order.
+
+    Example: `psbench eval runs/20261129T190000_000000Z_synthetic_meanpool_s0 --reverse-frames`
     """
     _setup_logging(verbose)
+    if shuffle_frames and reverse_frames:
+        _fail("choose one of --shuffle-frames and --reverse-frames")
+    frame_order = "shuffle" if shuffle_frames else "reverse" if reverse_frames else "keep"
     from psbench.progress import RichProgress
     from psbench.reevaluate import reevaluate
 
     try:
         with RichProgress(console=err_console) as progress:
-            out = reevaluate(run_dir, data_root, device, progress)
+            out = reevaluate(run_dir, data_root, device, progress, frame_order=frame_order)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
     from psbench.runs import read_json

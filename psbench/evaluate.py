@@ -37,12 +37,17 @@ def evaluate_split(
     tokenizer: Tokenizer,
     device: torch.device,
     progress: Progress | None = None,
+    frame_order: str = "keep",
 ) -> EvalResult:
-    """Text-to-video and video-to-text metrics (plus order accuracy when twins exist)."""
+    """Text-to-video and video-to-text metrics (plus order accuracy when twins exist).
+
+    ``frame_order`` = ``reverse`` or ``shuffle`` destroys the temporal order of every gallery video's
+    sampled frames (the frame-order diagnostic): an order-blind method scores the same either way.
+    """
     progress = progress or SilentProgress()
     method.eval()
     dataset = GalleryDataset(
-        split, frame_spec(cfg.frames, cfg.sampler, cfg.segments, method), cfg.transform, cfg.resolution
+        split, frame_spec(cfg.frames, cfg.sampler, cfg.segments, method), cfg.transform, cfg.resolution, frame_order
     )
     loader = make_gallery_loader(dataset, cfg.batch_size, cfg.num_workers)
     with progress.task(f"encode {split.name} videos", len(split.video_ids)) as task:
@@ -64,6 +69,7 @@ def evaluate_split(
         "tie_rule": cfg.tie_rule,
         "v2t_rule": cfg.v2t_rule,
         "dsl": cfg.dsl,
+        "frame_order": frame_order,
     }
     if split.twin_of:
         index = {vid: i for i, vid in enumerate(split.video_ids)}

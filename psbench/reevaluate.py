@@ -24,7 +24,14 @@ def model_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def reevaluate(run_dir: Path, data_root: Path | None, device: str, progress: Progress | None = None) -> Path:
+def reevaluate(
+    run_dir: Path,
+    data_root: Path | None,
+    device: str,
+    progress: Progress | None = None,
+    frame_order: str = "keep",
+) -> Path:
+    """Evaluate the run's selected weights again on its test split; ``eval_<time>.json`` records the result."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
@@ -45,7 +52,7 @@ def reevaluate(run_dir: Path, data_root: Path | None, device: str, progress: Pro
     if data_hash(split) != record["hashes"]["test_data"]:
         raise ValueError(f"the test data under {root} differs from the data the run saw (data hash mismatch)")
     tokenizer = backbone.tokenizer_for(method.clip, cfg.test.max_words)
-    result = evaluate_split(method, split, cfg.test, tokenizer, dev, progress)
+    result = evaluate_split(method, split, cfg.test, tokenizer, dev, progress, frame_order=frame_order)
     out = run_dir / f"eval_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S_%fZ')}.json"
     atomic_write_json(out, {"schema_version": METRICS_SCHEMA_VERSION, "checkpoint": str(ckpt), **result.metrics})
     return out

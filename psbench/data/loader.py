@@ -65,9 +65,7 @@ class _VideoClips:
         try:
             return Path(self.split.video_paths[video_id])
         except KeyError:
-            raise VideoNotFoundError(
-                f"split {self.split.name!r} has no file for video {video_id!r}"
-            ) from None
+            raise VideoNotFoundError(f"split {self.split.name!r} has no file for video {video_id!r}") from None
 
     def clip(self, video_id: str, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
         """-> frames (F, 3, S, S) float, mask (F,) bool (all True: samplers always return F frames)."""
@@ -126,17 +124,37 @@ class GalleryDataset(Dataset):
     A random sampler or transform fails here with its own "needs an rng" error.
     """
 
-    def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
+    def __init__(
+        self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int, frame_order: str = "keep"
+    ) -> None:
+        if frame_order not in FRAME_ORDERS:
+            raise ValueError(f"frame_order={frame_order!r}; valid: {', '.join(FRAME_ORDERS)}")
         self.split = split
         self.clips = _VideoClips(split, frames, transform, size)
+        self.frame_order = frame_order
 
     def __len__(self) -> int:
         return len(self.split.video_ids)
 
     def __getitem__(self, index: int) -> Item:
         video_id = self.split.video_ids[index]
-        frames, mask = self.clips.clip(video_id, None)
+        frames, mask = self.clips.clip(video_id, None)  # (F, 3, S, S), (F,)
+        if self.frame_order != "keep":
+            order = reorder_frames(len(frames), self.frame_order, index)
+            frames, mask = frames[order], mask[order]
         return {"frames": frames, "mask": mask, "video_id": video_id, "index": index}
+
+
+FRAME_ORDERS = ("keep", "reverse", "shuffle")
+
+
+def reorder_frames(num_frames: int, order: str, index: int) -> torch.Tensor:
+    """Frame permutation for the frame-order diagnostics: reversed, or a fixed shuffle per gallery index."""
+    if order == "reverse":
+        return torch.arange(num_frames - 1, -1, -1)
+    if order == "shuffle":
+        return torch.from_numpy(np.random.default_rng([20261129, index]).permutation(num_frames))
+    return torch.arange(num_frames)
 
 
 def collate_train(items: Sequence[Item], unique_videos: bool = False) -> Batch:
@@ -176,9 +194,7 @@ class _EpochBatchSampler(Sampler[list[int]], ABC):
     batch of a distributed step is exactly the global batch.
     """
 
-    def __init__(
-        self, batch_size: int, seed: int, drop_last: bool, num_replicas: int = 1, rank: int = 0
-    ) -> None:
+    def __init__(self, batch_size: int, seed: int, drop_last: bool, num_replicas: int = 1, rank: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -265,8 +281,7 @@ class TwinPairBatchSampler(_EpochBatchSampler):
         for video_id, twin in twin_of.items():
             if twin_of.get(twin) != video_id:
                 raise ValueError(
-                    f"twin_of is not symmetric: {video_id!r} -> {twin!r}, "
-                    f"but {twin!r} -> {twin_of.get(twin)!r}"
+                    f"twin_of is not symmetric: {video_id!r} -> {twin!r}, but {twin!r} -> {twin_of.get(twin)!r}"
                 )
         self.groups: list[tuple[str, ...]] = []
         placed: set[str] = set()
@@ -277,9 +292,7 @@ class TwinPairBatchSampler(_EpochBatchSampler):
             paired = twin is not None and twin != video_id and twin in self.captions_of
             group = (video_id, twin) if paired else (video_id,)
             if not paired and twin is not None:
-                log.warning(
-                    "video %r: its twin %r has no caption in this split; batched alone", video_id, twin
-                )
+                log.warning("video %r: its twin %r has no caption in this split; batched alone", video_id, twin)
             self.groups.append(group)
             placed.update(group)
 

@@ -43,9 +43,7 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, 
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise AnnotationError(
-                    f"{path}: empty file, expected a header with columns {', '.join(required)}"
-                )
+                raise AnnotationError(f"{path}: empty file, expected a header with columns {', '.join(required)}")
             header = [h.strip() for h in header]
             missing = [c for c in required if c not in header]
             if missing:
@@ -79,9 +77,7 @@ def _read_train_ids(ids_csv: Path) -> list[str]:
     for line, row in read_csv_rows(ids_csv, ("video_id",)):
         vid = safe_video_id(row["video_id"].strip(), f"{ids_csv} line {line}")
         if vid in first_line:
-            raise AnnotationError(
-                f"{ids_csv} line {line}: video id {vid!r} already listed on line {first_line[vid]}"
-            )
+            raise AnnotationError(f"{ids_csv} line {line}: video id {vid!r} already listed on line {first_line[vid]}")
         first_line[vid] = line
         ids.append(vid)
     return ids

@@ -117,9 +117,7 @@ def chunked_interleave(
     segments = DEFAULT_PROMPT_SEGMENTS if segments is None else segments
     _check("chunked_interleave", num_video_frames, n)
     if segments < 1 or n % segments:
-        raise ValueError(
-            f"sampler 'chunked_interleave': num_frames={n} is not a multiple of segments={segments}"
-        )
+        raise ValueError(f"sampler 'chunked_interleave': num_frames={n} is not a multiple of segments={segments}")
     chunks = n // segments
     s = _boundaries(num_video_frames, segments)
     steps = [max(0, (s[k + 1] - 1 - s[k]) // (chunks + 1)) for k in range(segments)]

@@ -122,9 +122,7 @@ class VideoSpec:
 # ----------------------------------------------------------------------------------------------- scene
 
 
-def trajectory(
-    spec: VideoSpec, i: int, num_frames: int, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def trajectory(spec: VideoSpec, i: int, num_frames: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, centre y (pixels) and opacity of event ``i``'s object in every frame, each (T,)."""
     ev = spec.events[i]
     b0, b1 = spec.boundaries[i], spec.boundaries[i + 1]
@@ -238,11 +236,7 @@ def frame_captions(spec: VideoSpec, num_frames: int, size: int) -> list[str | No
             seen.append((cy[t], cx[t], f"a {ev.colour} {ev.shape} {place}"))
         words = [w for _, _, w in sorted(seen)]
         texts.append(
-            None
-            if not words
-            else words[0]
-            if len(words) == 1
-            else ", ".join(words[:-1]) + " and " + words[-1]
+            None if not words else words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
         )
     return texts
 
@@ -362,8 +356,7 @@ def _annotation_texts(plan: _Plan, seed: int, num_frames: int, size: int) -> dic
     data_json = {
         "info": {"description": "psbench synthetic set", "version": GENERATOR_VERSION, "seed": seed},
         "videos": [
-            {"video_id": v, "split": MSRVTT_SPLIT_NAME[plan.split_of[v]], "id": i}
-            for i, v in enumerate(plan.specs)
+            {"video_id": v, "split": MSRVTT_SPLIT_NAME[plan.split_of[v]], "id": i} for i, v in enumerate(plan.specs)
         ],
         "sentences": [{"caption": c, "video_id": v, "sen_id": i} for i, (v, c) in enumerate(sentences)],
     }
@@ -476,9 +469,7 @@ def generate_synthetic(
     frame_hashes = _encode_all(jobs, num_frames, size, fps, workers, progress)
 
     file_sha = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
-    listing = [f"{name}\t{sha}" for name, sha in sorted(file_sha.items())] + [
-        f"videos/{v}.mp4" for v in plan.specs
-    ]
+    listing = [f"{name}\t{sha}" for name, sha in sorted(file_sha.items())] + [f"videos/{v}.mp4" for v in plan.specs]
     meta = {
         **config,
         "pyav": av.__version__,
@@ -508,9 +499,7 @@ def _read_twins(path: Path) -> dict[str, str]:
         twins = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
-    if not isinstance(twins, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in twins.items()
-    ):
+    if not isinstance(twins, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in twins.items()):
         raise AnnotationError(f"{path}: expected an object mapping video id -> twin video id")
     for vid, twin in twins.items():
         if twins.get(twin) != vid:

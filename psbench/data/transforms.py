@@ -36,12 +36,7 @@ TRANSFORMS: Registry[type] = Registry("video transform")
 
 def to_tensor(frames: np.ndarray) -> Tensor:
     """(F, H, W, 3) uint8 array -> (F, 3, H, W) uint8 tensor."""
-    if (
-        not isinstance(frames, np.ndarray)
-        or frames.dtype != np.uint8
-        or frames.ndim != 4
-        or frames.shape[-1] != 3
-    ):
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         got = f"{type(frames).__name__} {getattr(frames, 'dtype', '?')} {getattr(frames, 'shape', '?')}"
         raise ValueError(f"video transforms take (F, H, W, 3) uint8 arrays; got {got}")
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (F, 3, H, W)

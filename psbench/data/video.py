@@ -119,9 +119,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     if declared > count:
         missing = declared - count
         if missing > max(TRUNCATION_SLACK_FRAMES, declared // TRUNCATION_FRACTION):
-            raise VideoDecodeError(
-                f"truncated video: container declares {declared} frames, only {count} decode", path
-            )
+            raise VideoDecodeError(f"truncated video: container declares {declared} frames, only {count} decode", path)
         log.warning("%s: container declares %d frames, %d decode; using %d", path, declared, count, count)
     return VideoInfo(path, count, fps, duration, width, height)
 
