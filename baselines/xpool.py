@@ -240,15 +240,13 @@ class XPool(RetrievalMethod):
         budget = self.pairs_per_block * (16 if fold else 1)  # the folded path keeps ~4K floats per pair
         q_step = min(num_q, budget)
         v_step = max(1, budget // q_step)
-        rows = []
+        out = query.new_empty(num_q, num_v)  # (Q, N); filled block by block, no concatenation copies
         for q0 in range(0, num_q, q_step):
             q_sl = slice(q0, q0 + q_step)
-            cols = [
-                self._score_block(query[q_sl], text_unit[q_sl], video, slice(v0, v0 + v_step), fold)
-                for v0 in range(0, num_v, v_step)
-            ]
-            rows.append(torch.cat(cols, dim=1))
-        return torch.cat(rows, dim=0)  # (Q, N)
+            for v0 in range(0, num_v, v_step):
+                v_sl = slice(v0, v0 + v_step)
+                out[q_sl, v_sl] = self._score_block(query[q_sl], text_unit[q_sl], video, v_sl, fold)
+        return out
 
     def _score_block(self, query: Tensor, text_unit: Tensor, video: Encoded, v_sl: slice, fold: bool) -> Tensor:
         """Scores of one block: query, text_unit (Qb, D), videos ``v_sl`` of ``video`` -> (Qb, Nb)."""

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from psbench.cli_bench import register as _register_bench
 from psbench.cli_data import register as _register_data_commands
 from psbench.cli_efficiency import register as _register_efficiency
 from psbench.registry import UnknownKeyError
@@ -29,7 +30,8 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 _register_data_commands(data_app)
-console = Console()
+# Piped output (logs, CI, tests) gets a wide console so result tables are never truncated.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
@@ -291,6 +293,7 @@ def data_pretrain_clip(
 
 
 _register_efficiency(app)
+_register_bench(app)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(keys, dropna=False)
     mean = grouped[value_cols].mean()
     std = grouped[value_cols].std(ddof=1).fillna(0.0)
-    out = mean.join(std, lsuffix="", rsuffix="_std")
+    out = mean.join(std.add_suffix("_std"))
     out["seeds"] = grouped.size()
     return out.reset_index()
 

@@ -160,7 +160,7 @@ def train(
             optimizer.step()
             scheduler.step()
             method.clamp_logit_scale()
-            record = {k: float(v) for k, v in losses.items()}
+            record = {k: float(v.detach()) for k, v in losses.items()}
             record.update(
                 step=step, epoch=epoch, lr=[g["lr"] for g in optimizer.param_groups], grad_norm=float(grad_norm)
             )

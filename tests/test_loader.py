@@ -106,9 +106,7 @@ def test_random_sampler_frames_follow_the_item_rng(split: RetrievalSplit, tokeni
             assert read_codes(ds[index]["frames"]) == [(i, video_number(vid)) for i in expected]
 
 
-def test_same_item_same_epoch_is_identical_other_epoch_differs(
-    split: RetrievalSplit, tokenizer: Tokenizer
-) -> None:
+def test_same_item_same_epoch_is_identical_other_epoch_differs(split: RetrievalSplit, tokenizer: Tokenizer) -> None:
     spec = FrameSpec(4, "random_per_segment")
     ds = VideoCaptionDataset(split, spec, "random_resized_crop_flip", 32, tokenizer, seed=1)
     ds.set_epoch(2)
@@ -161,11 +159,7 @@ def test_workers_do_not_change_the_batches(split: RetrievalSplit, tokenizer: Tok
     for a, b in zip(*runs, strict=True):
         assert isinstance(a, Batch) and a.frames.shape == (4, 4, 3, 32, 32)
         assert a.video_ids == b.video_ids
-        assert (
-            torch.equal(a.frames, b.frames)
-            and torch.equal(a.tokens, b.tokens)
-            and torch.equal(a.mask, b.mask)
-        )
+        assert torch.equal(a.frames, b.frames) and torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
 
 
 def test_twin_loader_puts_twins_in_every_batch(split: RetrievalSplit, tokenizer: Tokenizer) -> None:

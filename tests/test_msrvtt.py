@@ -40,10 +40,7 @@ def test_real_1ka_test_has_1000_pairs(tmp_path: Path) -> None:
     assert split.caption_video_index() == list(range(1000))  # one caption per video, diagonal ground truth
     numbers = sorted(int(v.removeprefix("video")) for v in split.video_ids)
     assert (numbers[0], numbers[-1]) == (7020, 9975)
-    assert (
-        split.video_ids[0] == "video9770"
-        and split.captions[0].text == "a person is connecting something to system"
-    )
+    assert split.video_ids[0] == "video9770" and split.captions[0].text == "a person is connecting something to system"
     # no video on disk: the expected .mp4 path, no error at parse time
     assert split.video_paths["video9770"] == tmp_path / "videos" / "video9770.mp4"
 
@@ -158,9 +155,7 @@ def test_malformed_train_files(tmp_path: Path) -> None:
     good_csv = write(tmp_path / "ids.csv", "video_id\nv1\nv2\n")
 
     dup = write(tmp_path / "dup.csv", "video_id\nv1\nv2\nv1\n")
-    with pytest.raises(
-        AnnotationError, match=rf"{re.escape(str(dup))} line 4: video id 'v1' already listed on line 2"
-    ):
+    with pytest.raises(AnnotationError, match=rf"{re.escape(str(dup))} line 4: video id 'v1' already listed on line 2"):
         load_msrvtt_train(good_json, dup, tmp_path)
 
     nocol = write(tmp_path / "nocol.csv", "id\nv1\n")
@@ -172,9 +167,7 @@ def test_malformed_train_files(tmp_path: Path) -> None:
         load_msrvtt_train(broken, good_csv, tmp_path)
 
     no_list = write(tmp_path / "nolist.json", '{"videos": []}')
-    with pytest.raises(
-        AnnotationError, match=rf"{re.escape(str(no_list))}: expected an object with a 'sentences'"
-    ):
+    with pytest.raises(AnnotationError, match=rf"{re.escape(str(no_list))}: expected an object with a 'sentences'"):
         load_msrvtt_train(no_list, good_csv, tmp_path)
 
     empty = write(
@@ -205,9 +198,7 @@ def test_safe_video_id_rejects_escapes(bad: str) -> None:
     assert repr(bad) in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "good", ["video123", "synth00001", "v-1_a.b", "1012_Unbreakable_00.05.16.065-00.05.21.941"]
-)
+@pytest.mark.parametrize("good", ["video123", "synth00001", "v-1_a.b", "1012_Unbreakable_00.05.16.065-00.05.21.941"])
 def test_safe_video_id_accepts_plain_names(good: str) -> None:
     assert safe_video_id(good, "x") == good
 

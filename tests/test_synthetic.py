@@ -82,9 +82,7 @@ def test_different_seed_differs(sets: dict[str, Path]) -> None:
     meta_o = json.loads((other / "synthetic_meta.json").read_text())
     assert meta_a["frames_sha256"] != meta_o["frames_sha256"]
     assert meta_a["seed"] == 0 and meta_o["seed"] == 1
-    assert not np.array_equal(
-        decode(a / "videos" / "synth00000.mp4"), decode(other / "videos" / "synth00000.mp4")
-    )
+    assert not np.array_equal(decode(a / "videos" / "synth00000.mp4"), decode(other / "videos" / "synth00000.mp4"))
 
 
 def test_resume_keeps_videos_and_rewrites_missing(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -166,8 +164,7 @@ def test_captions_of_a_hand_made_video() -> None:
     assert video_captions(twin)[0] == "a blue square disappears, then a red circle moves right"
     three = VideoSpec((*spec.events, Event("green", "triangle", "moves up", (2, 0), (0, 0))), (0, 18, 37, 55))
     assert video_captions(three.reversed(T))[1] == (
-        "first a green triangle moves down, then a blue square disappears"
-        " and finally a red circle moves right"
+        "first a green triangle moves down, then a blue square disappears and finally a red circle moves right"
     )
     # single frames: the square is absent at the start, both are visible at the end
     texts = frame_captions(spec, T, 64)
@@ -224,8 +221,7 @@ def test_splits_loaders_and_meta_agree(sets: dict[str, Path]) -> None:
     assert described == set(loaded["train"].video_ids) | set(loaded["val"].video_ids)
     multi = sum(meta["counts"][s]["multi_caption_videos"] for s in loaded)
     measured = sum(
-        sum(n > 1 for n in np.bincount(sp.caption_video_index(), minlength=len(sp.video_ids)))
-        for sp in loaded.values()
+        sum(n > 1 for n in np.bincount(sp.caption_video_index(), minlength=len(sp.video_ids))) for sp in loaded.values()
     )
     assert multi == measured > 0
     with pytest.raises(ValueError, match="unknown synthetic split 'dev'"):
