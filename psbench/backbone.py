@@ -35,13 +35,16 @@ def available_archs() -> list[str]:
     return sorted(open_clip.list_models())
 
 
-def create_clip(arch: str, weights: str | Path | None = None) -> nn.Module:
+def create_clip(arch: str, weights: str | Path | None = None, trust_checkpoint: bool = False) -> nn.Module:
     """Build an open_clip CLIP model by architecture name, optionally loading local weights.
 
     ``weights`` is a local file: a state dict saved with ``torch.save`` (loaded with
-    ``weights_only=True``) or a ``.safetensors`` file. Without weights the model is randomly
-    initialised (tests; the tiny model before pretraining).
+    ``weights_only=True``) or a ``.safetensors`` file. A pickle or TorchScript archive (OpenAI's
+    original ``ViT-B-32.pt``) loads only with ``trust_checkpoint=True`` (see ``psbench.checkpoint``).
+    Without weights the model is randomly initialised (tests; the tiny model before pretraining).
     """
+    from psbench.checkpoint import UntrustedCheckpointError, read_state_dict
+
     if arch not in open_clip.list_models():
         raise BackboneError(f"unknown backbone arch {arch!r}; valid: {', '.join(available_archs())}")
     model = open_clip.create_model(arch, pretrained=None, load_weights=False)
@@ -50,11 +53,36 @@ def create_clip(arch: str, weights: str | Path | None = None) -> nn.Module:
         if not path.is_file():
             raise BackboneError(f"CLIP weights not found: {path}")
         try:
-            open_clip.load_checkpoint(model, str(path), weights_only=True)
+            load_state_into(model, read_state_dict(path, trust=trust_checkpoint))
+        except UntrustedCheckpointError as exc:
+            raise BackboneError(f"refusing to load CLIP weights: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - re-raised with the file name
             raise BackboneError(f"could not load CLIP weights from {path}: {exc}") from exc
         log.info("loaded CLIP weights %s into %s", path, arch)
     return model
+
+
+def load_state_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """open_clip's checkpoint massaging (third-party and OpenAI layouts, position resizing), then a strict load."""
+    from open_clip.factory import (
+        convert_state_dict,
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
+
+    state_dict = convert_state_dict(model, dict(state_dict))
+    if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    for key in ("logit_scale", "logit_bias"):
+        target = getattr(model, key, None)
+        if key in state_dict and target is not None and target.ndim != state_dict[key].ndim:
+            state_dict[key] = state_dict[key].reshape(target.shape)
+    if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
+        state_dict["logit_bias"] = torch.zeros_like(state_dict["logit_scale"])
+    resize_pos_embed(state_dict, model)
+    resize_text_pos_embed(state_dict, model)
+    model.load_state_dict(state_dict, strict=True)
 
 
 def save_clip(model: nn.Module, path: str | Path) -> None:

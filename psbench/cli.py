@@ -69,9 +69,18 @@ def default_protocol_for(dataset: str) -> str:
     return matches[0]
 
 
+TRUST_HELP = (
+    "Allow CLIP weights that are a general pickle or a TorchScript archive (e.g. OpenAI's original ViT-B-32.pt). "
+    "Unpickling such a file can execute arbitrary code: use only for files from a source you trust; plain "
+    "state dicts and .safetensors never need it."
+)
+
+
 @app.command()
 def run(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method name (see `psbench methods`).")],
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", help="Method name (see `psbench methods`); not with --resume.")
+    ] = None,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset; selects its default protocol.")] = (
         "synthetic"
     ),
@@ -85,18 +94,43 @@ def run(
         list[str] | None, typer.Option("--set", help="Override a setting: train.epochs=0, options.num_prompts=3.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this interrupted run directory from its last checkpoint (same settings)."),
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic algorithms (cuDNN, cuBLAS); recorded in the run.")
+    ] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train and evaluate one method under a protocol; write a run directory.
 
-    Example: `psbench run --method meanpool --dataset synthetic --set train.epochs=0` (zero-shot row)
+    Example: `psbench run --method meanpool --dataset synthetic --set train.epochs=0` (zero-shot row).
+    Resume an interrupted run: `psbench run --resume runs/<run dir>`. Several GPUs:
+    `torchrun --nproc_per_node 8 -m psbench.cli run ...` (see docs/distributed.md).
     """
     _setup_logging(verbose)
+    from psbench import distributed
     from psbench.progress import RichProgress
     from psbench.protocol import load_protocol, parse_set, resolve
+    from psbench.runner import resume as resume_run
     from psbench.runner import run as run_one
 
     try:
+        if resume is not None:
+            if method is not None or set_ or seed or all_seeds or protocol is not None or weights is not None:
+                _fail(
+                    "--resume continues a run with its recorded settings; do not combine it with "
+                    "--method, --protocol, --seed, --set or --weights"
+                )
+            with RichProgress(console=err_console) as progress:
+                run_dir = resume_run(resume, device, progress, data_root, trust_checkpoint, _command_line())
+            if distributed.is_main():
+                _print_run(run_dir)
+            return
+        if method is None:
+            _fail("--method is required (or --resume RUN_DIR)")
         proto = load_protocol(protocol or default_protocol_for(dataset))
         if proto.get("data", {}).get("dataset") != dataset and protocol is None:
             _fail(f"protocol {proto['name']} is not for dataset {dataset}")
@@ -106,15 +140,28 @@ def run(
 
         METHODS.get(method)
         sets = parse_set(set_ or [])
-        dirs = []
         for s in seeds:
             cfg = resolve(proto, method, s, sets)
             with RichProgress(console=err_console) as progress:
-                run_dir = run_one(cfg, runs_dir, data_root, weights, device, progress, command=_command_line())
-            dirs.append(run_dir)
-            _print_run(run_dir)
-    except (UnknownKeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+                run_dir = run_one(
+                    cfg,
+                    runs_dir,
+                    data_root,
+                    weights,
+                    device,
+                    progress,
+                    command=_command_line(),
+                    deterministic=deterministic,
+                    trust_checkpoint=trust_checkpoint,
+                )
+            if distributed.is_main():
+                _print_run(run_dir)
+    except typer.Exit:
+        raise
+    except (UnknownKeyError, ValueError, OSError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))
+    finally:
+        distributed.destroy()
 
 
 def _print_run(run_dir: Path) -> None:
@@ -139,6 +186,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     shuffle_frames: Annotated[bool, typer.Option("--shuffle-frames", help="Shuffle each video's frames.")] = False,
     reverse_frames: Annotated[bool, typer.Option("--reverse-frames", help="Reverse each video's frames.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Re-evaluate a finished run from its checkpoint; writes eval_TIME.json in the run directory.
@@ -157,8 +205,10 @@ def eval_(
 
     try:
         with RichProgress(console=err_console) as progress:
-            out = reevaluate(run_dir, data_root, device, progress, frame_order=frame_order)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            out = reevaluate(
+                run_dir, data_root, device, progress, frame_order=frame_order, trust_checkpoint=trust_checkpoint
+            )
+    except (ValueError, OSError, RuntimeError) as exc:
         _fail(str(exc))
     from psbench.runs import read_json
 

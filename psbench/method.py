@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psbench.distributed import gather_encoded
 from psbench.registry import Registry
 
 Encoded = dict[str, Tensor]
@@ -32,13 +33,15 @@ class Batch:
 
     frames: (B, F, 3, H, W) normalised pixels; mask: (B, F) bool, True for a real frame;
     tokens: (B, L) int64 token ids (also the targets of Prompt Switch's captioner);
-    video_ids: B ids (for de-duplication and error messages).
+    video_ids: B ids (for de-duplication and error messages);
+    skipped: "video_id: reason" of corrupt items left out of this batch (``train.skip_corrupt``).
     """
 
     frames: Tensor
     mask: Tensor
     tokens: Tensor
     video_ids: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -46,6 +49,7 @@ class Batch:
             self.mask.to(device, non_blocking=True),
             self.tokens.to(device, non_blocking=True),
             list(self.video_ids),
+            list(self.skipped),
         )
 
 
@@ -105,10 +109,16 @@ class RetrievalMethod(nn.Module, ABC):
         return text["text"] @ video["video"].t()  # (Q, D) @ (D, N) -> (Q, N)
 
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """Symmetric InfoNCE over the batch; returns {"loss": total, ...components}."""
-        text = self.encode_text(batch.tokens)
-        video = self.encode_video(batch.frames, batch.mask)
-        logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B)
+        """Symmetric InfoNCE over the batch; returns {"loss": total, ...components}.
+
+        Under torch.distributed the Encoded dicts of all ranks are gathered first (local items keep
+        their gradient), so the loss is the one of the effective batch on every rank. Contract for
+        overrides: the rank average of each returned term must equal the single-process term
+        (see ``psbench.distributed``).
+        """
+        text = gather_encoded(self.encode_text(batch.tokens))
+        video = gather_encoded(self.encode_video(batch.frames, batch.mask))
+        logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B), B = effective batch
         loss = symmetric_infonce(logits)
         return {"loss": loss, "contrastive": loss.detach()}
 

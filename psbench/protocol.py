@@ -68,6 +68,7 @@ class TrainConfig:
     twin_pairs: bool = False  # synthetic: time-reversed twins in the same batch
     selection: str = "last"  # "last" | "val" | "test_official"
     num_workers: int = 2
+    skip_corrupt: bool = False  # skip (and count) training videos that fail to decode instead of failing
 
 
 @dataclass
@@ -120,6 +121,8 @@ class RunConfig:
         d["data"].pop("root")
         d["data"].pop("skip_missing")
         d["train"].pop("num_workers")
+        if not d["train"]["skip_corrupt"]:  # the default leaves the hash of existing protocols unchanged
+            d["train"].pop("skip_corrupt")
         d["test"].pop("num_workers")
         d["backbone"].pop("weights")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from psbench import backbone
+from psbench.checkpoint import load_run_checkpoint
 from psbench.data.datasets import load_split
 from psbench.evaluate import evaluate_split
 from psbench.progress import Progress
@@ -30,19 +31,23 @@ def reevaluate(
     device: str,
     progress: Progress | None = None,
     frame_order: str = "keep",
+    trust_checkpoint: bool = False,
 ) -> Path:
-    """Evaluate the run's selected weights again on its test split; ``eval_<time>.json`` records the result."""
+    """Evaluate the run's selected weights again on its test split; ``eval_<time>.json`` records the result.
+
+    The run's own checkpoint is always read with ``weights_only=True``; ``trust_checkpoint`` applies to
+    the CLIP weights file the run recorded (a pickle or TorchScript archive needs it, as in ``run``).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
     record = read_json(run_dir / "config.json")
     cfg = RunConfig.from_dict(record["config"])
     weights = Path(record["weights"]) if record.get("weights") else None
-    method = build_method(cfg, weights)
+    method = build_method(cfg, weights, trust_checkpoint)
     ckpt = model_checkpoint(run_dir)
     if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        method.load_state_dict(state["model"])
+        method.load_state_dict(load_run_checkpoint(ckpt)["model"])
     elif cfg.train.epochs > 0:
         raise FileNotFoundError(f"{run_dir}: no checkpoint found (the run did not finish an epoch)")
     dev = torch.device(device)

@@ -1,7 +1,9 @@
 """One run, end to end: resolve paths, build the model, train, select, evaluate, record.
 
 Everything a run produces lands in its own run directory (see ``psbench.runs``); the metrics file
-is written last, so a directory without ``metrics.json`` is an unfinished run.
+is written last, so a directory without ``metrics.json`` is an unfinished run, which
+:func:`resume` continues from its last checkpoint. Under torchrun every process runs this code;
+rank 0 alone creates the run directory and writes records (see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 import baselines  # noqa: F401 - registers the baselines
-from psbench import backbone
+from psbench import backbone, distributed
 from psbench.data.compress import read_compress_recipe
 from psbench.data.datasets import load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader
@@ -27,13 +29,16 @@ from psbench.progress import Progress, SilentProgress
 from psbench.protocol import RunConfig
 from psbench.runs import (
     METRICS_SCHEMA_VERSION,
+    RunDirError,
+    append_jsonl,
     atomic_torch_save,
     atomic_write_json,
     create_run_dir,
     environment,
     hash_strings,
+    read_json,
 )
-from psbench.train import seed_everything, train
+from psbench.train import deterministic_mode, load_resume_state, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +73,24 @@ def data_hash(split: RetrievalSplit) -> str:
     return hash_strings(parts)
 
 
-def build_method(cfg: RunConfig, weights: Path | None) -> RetrievalMethod:
-    clip = backbone.create_clip(cfg.backbone.arch, weights)
+def build_method(cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False) -> RetrievalMethod:
+    clip = backbone.create_clip(cfg.backbone.arch, weights, trust_checkpoint=trust_checkpoint)
     return create_method(cfg.method, clip, cfg.options)
 
 
-def run(
-    cfg: RunConfig,
-    runs_dir: Path,
-    data_root: Path | None = None,
-    weights: Path | None = None,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    command: str = "",
-) -> Path:
-    """Train and evaluate one (protocol, method, seed); return the run directory."""
-    progress = progress or SilentProgress()
-    dev = torch.device(device)
-    paths = resolve_paths(cfg, data_root, weights)
-    if paths.weights is not None and not paths.weights.is_file():
-        raise FileNotFoundError(
-            f"CLIP weights not found: {paths.weights} (pass --weights PATH, or for the synthetic protocol run "
-            "`psbench data pretrain-clip` first)"
-        )
+@dataclass
+class RunOptions:
+    """How to run (never what is measured): device, determinism, trust, the command line, progress."""
+
+    device: str = "cpu"
+    deterministic: bool = False
+    trust_checkpoint: bool = False
+    command: str = ""
+    progress: Progress | None = None
+
+
+def load_splits(cfg: RunConfig, data_root: Path) -> tuple[dict[str, RetrievalSplit], dict[str, list[str]]]:
+    """The test split, and the train (+ selection) splits when the run trains; plus skipped missing ids."""
     splits = {"test": cfg.data.test_split}
     if cfg.train.epochs > 0:
         splits["train"] = cfg.data.train_split
@@ -101,79 +101,120 @@ def run(
     loaded: dict[str, RetrievalSplit] = {}
     skipped: dict[str, list[str]] = {}
     for role, name in splits.items():
-        full = load_split(cfg.data, paths.data_root, name)
+        full = load_split(cfg.data, data_root, name)
         loaded[role] = require_videos(full, cfg.data.skip_missing)  # refuses an incomplete dataset unless skipping
         skipped[role] = sorted(set(full.video_ids) - set(loaded[role].video_ids))
-    test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
+    return loaded, skipped
 
-    run_dir = create_run_dir(runs_dir, cfg.protocol, cfg.method, cfg.seed)
-    seed_everything(cfg.seed)
-    method = build_method(cfg, paths.weights)
+
+def _new_run_dir(runs_dir: Path, cfg: RunConfig) -> Path:
+    """Rank 0 creates the run directory (probing that it is writable); every rank gets its path or the error."""
+    path, error = None, None
+    if distributed.is_main():
+        try:
+            path = str(create_run_dir(runs_dir, cfg.protocol, cfg.method, cfg.seed))
+        except RunDirError as exc:
+            error = str(exc)
+    path, error = distributed.broadcast_object((path, error))
+    if error is not None:
+        raise RunDirError(error)
+    return Path(path)
+
+
+def run(
+    cfg: RunConfig,
+    runs_dir: Path,
+    data_root: Path | None = None,
+    weights: Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    command: str = "",
+    deterministic: bool = False,
+    trust_checkpoint: bool = False,
+) -> Path:
+    """Train and evaluate one (protocol, method, seed) in a new run directory; return it."""
+    options = RunOptions(device, deterministic, trust_checkpoint, command, progress)
+    return _execute(cfg, resolve_paths(cfg, data_root, weights), options, runs_dir=runs_dir)
+
+
+def resume(
+    run_dir: Path,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    data_root: Path | None = None,
+    trust_checkpoint: bool = False,
+    command: str = "",
+) -> Path:
+    """Continue an interrupted run from its last checkpoint, in the same directory; return it.
+
+    The run's recorded config, weights and determinism setting are used; a finished run (one with
+    metrics.json) is refused, and so is data that differs from what the run saw.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    if (run_dir / "metrics.json").is_file():
+        raise RunDirError(f"{run_dir} is a finished run (metrics.json exists); there is nothing to resume")
+    record = read_json(run_dir / "config.json")
+    cfg = RunConfig.from_dict(record["config"])
+    paths = RunPaths(
+        Path(data_root) if data_root else Path(record["data_root"]),
+        Path(record["weights"]) if record.get("weights") else None,
+    )
+    deterministic = bool(record.get("determinism", {}).get("deterministic", False))
+    options = RunOptions(device, deterministic, trust_checkpoint, command, progress)
+    return _execute(cfg, paths, options, resume_dir=run_dir, record=record)
+
+
+def _execute(
+    cfg: RunConfig,
+    paths: RunPaths,
+    opts: RunOptions,
+    runs_dir: Path | None = None,
+    resume_dir: Path | None = None,
+    record: dict[str, Any] | None = None,
+) -> Path:
+    here = distributed.init_from_env(opts.device)
+    dev = distributed.process_device(opts.device)
+    progress = (opts.progress if here.is_main else None) or SilentProgress()
+    if paths.weights is not None and not paths.weights.is_file():
+        raise FileNotFoundError(
+            f"CLIP weights not found: {paths.weights} (pass --weights PATH, or for the synthetic protocol run "
+            "`psbench data pretrain-clip` first)"
+        )
+    if cfg.train.epochs > 0:
+        distributed.per_process_batch(cfg.train.batch_size, here.world_size)
+    loaded, skipped = load_splits(cfg, paths.data_root)
+    test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:
         hashes["train_data"] = data_hash(train_split)
-    record: dict[str, Any] = {
-        "config": cfg.to_dict(),
-        "hashes": hashes,
-        "data_root": str(paths.data_root),
-        "weights": str(paths.weights) if paths.weights else None,
-        "command": command,
-        "method_facts": method.extra_state(),
-        "skipped_missing_videos": skipped,
-        "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),
-        "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
-    }
-    atomic_write_json(run_dir / "config.json", record)
-    atomic_write_json(run_dir / "environment.json", environment(dev))
-    log.info("run directory %s", run_dir)
-
-    tokenizer_train = backbone.tokenizer_for(method.clip, cfg.train.max_words)
-    tokenizer_test = backbone.tokenizer_for(method.clip, cfg.test.max_words)
-    started = time.time()
-    train_summary: dict[str, Any] = {"epochs_run": 0, "steps": 0, "selection": "none (zero-shot)"}
-    if train_split is not None:
-        dataset = VideoCaptionDataset(
-            train_split,
-            frame_spec(cfg.train.frames, cfg.train.sampler, cfg.train.segments, method),
-            cfg.train.transform,
-            cfg.train.resolution,
-            tokenizer_train,
-            cfg.seed,
-        )
-        loader = make_train_loader(
-            dataset, cfg.train.batch_size, cfg.train.num_workers, cfg.seed, twin_pairs=cfg.train.twin_pairs
-        )
-        select_split = {"val": val_split, "test_official": test_split}.get(cfg.train.selection)
-
-        def validate() -> float:
-            assert select_split is not None
-            res = evaluate_split(method, select_split, cfg.test, tokenizer_test, dev)
-            return float(res.metrics["t2v"]["R1"])
-
-        with progress.task(f"train {cfg.method} s{cfg.seed}", cfg.train.epochs * len(loader)) as task:
-            result = train(
-                method,
-                loader,
-                cfg.train,
-                run_dir,
-                dev,
-                validate=validate if select_split is not None else None,
-                on_step=lambda step, total, loss: task.advance(1, loss=loss),
+    if resume_dir is not None:
+        assert record is not None
+        if record["hashes"] != hashes:
+            raise ValueError(
+                f"cannot resume {resume_dir}: the data or protocol differs from what the run saw "
+                f"(recorded hashes {record['hashes']}, now {hashes})"
             )
-        if result.selection != "last":
-            atomic_torch_save(
-                {"model": method.state_dict(), "epoch": result.selected_epoch}, run_dir / "model_selected.pt"
-            )
-        train_summary = {
-            "epochs_run": result.epochs_run,
-            "steps": result.steps,
-            "selected_epoch": result.selected_epoch,
-            "selection": result.selection,
-            "history": result.history,
-        }
-    train_seconds = time.time() - started
-    method.to(dev)
-    evaluation = evaluate_split(method, test_split, cfg.test, tokenizer_test, dev, progress)
+        run_dir = resume_dir
+    else:
+        assert runs_dir is not None
+        run_dir = _new_run_dir(runs_dir, cfg)
+
+    with deterministic_mode(opts.deterministic) as determinism:
+        seed_everything(cfg.seed)
+        method = build_method(cfg, paths.weights, opts.trust_checkpoint)
+        if resume_dir is None and here.is_main:
+            _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev)
+        log.info("run directory %s", run_dir)
+        started = time.time()
+        train_summary: dict[str, Any] = {"epochs_run": 0, "steps": 0, "selection": "none (zero-shot)"}
+        tokenizer_test = backbone.tokenizer_for(method.clip, cfg.test.max_words)
+        if train_split is not None:
+            train_summary = _train(cfg, method, train_split, val_split, test_split, run_dir, dev, progress, resume_dir)
+        train_seconds = time.time() - started
+        method.to(dev)
+        evaluation = evaluate_split(method, test_split, cfg.test, tokenizer_test, dev, progress)
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION,
         "protocol": cfg.protocol,
@@ -187,6 +228,119 @@ def run(
         "eval_seconds": time.time() - started - train_seconds,
         **evaluation.metrics,
     }
-    atomic_write_json(run_dir / "ranks.json", evaluation.ranks)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    if here.is_main:
+        atomic_write_json(run_dir / "ranks.json", evaluation.ranks)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    distributed.barrier()
     return run_dir
+
+
+def _write_run_record(
+    run_dir: Path,
+    cfg: RunConfig,
+    paths: RunPaths,
+    opts: RunOptions,
+    method: RetrievalMethod,
+    hashes: dict[str, str],
+    skipped: dict[str, list[str]],
+    determinism: dict[str, Any],
+    here: distributed.DistInfo,
+    dev: torch.device,
+) -> None:
+    """config.json (resolved config, hashes, how it ran) and environment.json."""
+    record: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "hashes": hashes,
+        "data_root": str(paths.data_root),
+        "weights": str(paths.weights) if paths.weights else None,
+        "command": opts.command,
+        "method_facts": method.extra_state(),
+        "skipped_missing_videos": skipped,
+        "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),
+        "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
+        "determinism": determinism,
+        "trust_checkpoint": opts.trust_checkpoint,
+        "distributed": {
+            "world_size": here.world_size,
+            "backend": here.backend,
+            "effective_batch": cfg.train.batch_size,
+            "per_process_batch": cfg.train.batch_size // here.world_size,
+        },
+    }
+    atomic_write_json(run_dir / "config.json", record)
+    atomic_write_json(run_dir / "environment.json", environment(dev))
+
+
+def _train(
+    cfg: RunConfig,
+    method: RetrievalMethod,
+    train_split: RetrievalSplit,
+    val_split: RetrievalSplit | None,
+    test_split: RetrievalSplit,
+    run_dir: Path,
+    dev: torch.device,
+    progress: Progress,
+    resume_dir: Path | None,
+) -> dict[str, Any]:
+    """Build the (sharded) training loader, train (resuming when asked), save the selected weights."""
+    here = distributed.info()
+    dataset = VideoCaptionDataset(
+        train_split,
+        frame_spec(cfg.train.frames, cfg.train.sampler, cfg.train.segments, method),
+        cfg.train.transform,
+        cfg.train.resolution,
+        backbone.tokenizer_for(method.clip, cfg.train.max_words),
+        cfg.seed,
+        skip_corrupt=cfg.train.skip_corrupt,
+    )
+    loader = make_train_loader(
+        dataset,
+        cfg.train.batch_size,
+        cfg.train.num_workers,
+        cfg.seed,
+        twin_pairs=cfg.train.twin_pairs,
+        num_replicas=here.world_size,
+        rank=here.rank,
+    )
+    select_split = {"val": val_split, "test_official": test_split}.get(cfg.train.selection)
+    tokenizer_test = backbone.tokenizer_for(method.clip, cfg.test.max_words)
+
+    def validate() -> float:
+        assert select_split is not None
+        res = evaluate_split(method, select_split, cfg.test, tokenizer_test, dev)
+        return float(res.metrics["t2v"]["R1"])
+
+    state = None
+    if resume_dir is not None:
+        ckpt = resume_dir / "checkpoint_last.pt"
+        if ckpt.is_file():
+            state = load_resume_state(ckpt)
+        elif here.is_main:
+            append_jsonl(resume_dir / "train_log.jsonl", {"resumed": {"from_checkpoint_epoch": None, "step": 0}})
+            log.warning("%s has no checkpoint: training restarts from epoch 0", resume_dir)
+    done = 0 if state is None else (int(state["epoch"]) + 1) * len(loader)
+    with progress.task(f"train {cfg.method} s{cfg.seed}", cfg.train.epochs * len(loader)) as task:
+        task.advance(done)
+        result = train(
+            method,
+            loader,
+            cfg.train,
+            run_dir,
+            dev,
+            validate=validate if select_split is not None else None,
+            on_step=lambda step, total, loss: task.advance(1, loss=loss),
+            resume=state,
+        )
+    if result.selection != "last" and here.is_main:
+        atomic_torch_save({"model": method.state_dict(), "epoch": result.selected_epoch}, run_dir / "model_selected.pt")
+    return {
+        "epochs_run": result.epochs_run,
+        "steps": result.steps,
+        "selected_epoch": result.selected_epoch,
+        "selection": result.selection,
+        "history": result.history,
+        "skipped_corrupt_videos": {"count": len(result.skipped_videos), "videos": result.skipped_videos},
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "world_size": here.world_size,
+        "effective_batch": cfg.train.batch_size,
+    }

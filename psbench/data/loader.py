@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from psbench.data.sampling import SAMPLERS, sample_frames
 from psbench.data.split import RetrievalSplit
 from psbench.data.transforms import VideoTransform, make_transform
-from psbench.data.video import VideoNotFoundError, decode_frames, probe_video
+from psbench.data.video import FrameIndexError, VideoDecodeError, VideoNotFoundError, decode_frames, probe_video
 from psbench.method import Batch
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ class VideoCaptionDataset(Dataset):
     """Training: one item per caption of ``split`` (a video with k captions appears k times).
 
     Item: frames (F, 3, S, S) float, mask (F,) bool, tokens (L,) int64, video_id str, index int.
+    With ``skip_corrupt`` a video that fails to decode yields ``{"skipped": "<id>: <error>", ...}``
+    instead (collate_train leaves it out and lists it in ``Batch.skipped``); otherwise the error
+    (which names the file) propagates.
     """
 
     def __init__(
@@ -93,8 +96,9 @@ class VideoCaptionDataset(Dataset):
         size: int,
         tokenizer: Callable[[list[str]], Tensor],
         seed: int,
+        skip_corrupt: bool = False,
     ) -> None:
-        self.split, self.tokenizer, self.seed = split, tokenizer, seed
+        self.split, self.tokenizer, self.seed, self.skip_corrupt = split, tokenizer, seed, skip_corrupt
         self.clips = _VideoClips(split, frames, transform, size)
         self.epoch = 0
 
@@ -106,7 +110,13 @@ class VideoCaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> Item:
         caption = self.split.captions[index]
-        frames, mask = self.clips.clip(caption.video_id, item_rng(self.seed, self.epoch, index))
+        try:
+            frames, mask = self.clips.clip(caption.video_id, item_rng(self.seed, self.epoch, index))
+        except (VideoDecodeError, FrameIndexError) as exc:
+            if not self.skip_corrupt:
+                raise
+            log.warning("skipping corrupt video %s: %s", caption.video_id, exc)
+            return {"skipped": f"{caption.video_id}: {exc}", "video_id": caption.video_id, "index": index}
         tokens = self.tokenizer([caption.text])[0].to(torch.long)  # (L,)
         return {
             "frames": frames,
@@ -162,7 +172,12 @@ def collate_train(items: Sequence[Item], unique_videos: bool = False) -> Batch:
 
     ``unique_videos``: keep only the first item of each video (Prompt Switch's collate, spec §6.7),
     so a video is never its own negative; the batch can then be smaller than requested.
+    Items marked ``skipped`` (corrupt videos) are left out and listed in ``Batch.skipped``.
     """
+    skipped = [it["skipped"] for it in items if "skipped" in it]
+    items = [it for it in items if "skipped" not in it]
+    if not items:
+        raise VideoDecodeError(f"every video of a training batch is corrupt: {'; '.join(skipped)}")
     if unique_videos:
         first: dict[str, Item] = {}
         for it in items:
@@ -173,6 +188,7 @@ def collate_train(items: Sequence[Item], unique_videos: bool = False) -> Batch:
         mask=torch.stack([it["mask"] for it in items]),  # (B, F)
         tokens=torch.stack([it["tokens"] for it in items]),  # (B, L)
         video_ids=[it["video_id"] for it in items],
+        skipped=skipped,
     )
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from psbench.backbone import BackboneError, blocks, embed_frames, head
+from psbench.distributed import gather_encoded, is_distributed, local_share
 from psbench.method import (
     METHODS,
     Batch,
@@ -50,6 +51,7 @@ from psbench.promptswitch.aggregation import PromptAggregation
 from psbench.promptswitch.captioner import (
     CaptionDecoder,
     caption_class_weights,
+    caption_target_mask,
     clip_special_ids,
     weighted_caption_loss,
 )
@@ -195,17 +197,23 @@ class PromptSwitch(RetrievalMethod):
 
         The captions are ``batch.caption_tokens`` when the batch carries them, else the text tokens
         (the official code decodes the retrieval caption). "caption" is the scaled term in the total.
+        Distributed: the contrastive term uses the embeddings of all ranks; the caption term is local and
+        scaled by its share of the global class-weight total, so its rank average is the global loss.
         """
-        feats = self.encode_frames(batch.frames)  # (B, F, D)
-        video = masked_mean_of_normalized(feats, batch.mask)  # (B, D)
-        text = self.encode_text(batch.tokens)
-        logits = self.logit_scale.exp() * self.similarity(text, {"video": video})  # (B, B)
+        feats = self.encode_frames(batch.frames)  # (b, F, D), b = this rank's share
+        video = gather_encoded({"video": masked_mean_of_normalized(feats, batch.mask)})  # (B, D)
+        text = gather_encoded(self.encode_text(batch.tokens))
+        logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B)
         contrastive = symmetric_infonce(logits)
         out = {"contrastive": contrastive.detach()}
         loss = contrastive
         if self.captioner is not None:
             ids = getattr(batch, "caption_tokens", None)
-            caption = self.caption_loss_mult * self.caption_loss(feats, batch.tokens if ids is None else ids)
+            ids = batch.tokens if ids is None else ids
+            caption = self.caption_loss_mult * self.caption_loss(feats, ids)
+            if is_distributed():
+                targets = ids[:, 1:][caption_target_mask(ids, self.eot_id)]  # (M,)
+                caption = caption * local_share(self.caption_weight[targets].sum())
             loss = loss + caption
             out["caption"] = caption.detach()
         return {"loss": loss, **out}

@@ -49,9 +49,7 @@ def _chunks(total: int, per_row: int) -> list[int]:
     return [min(step, total - start) for start in range(0, total, step)]
 
 
-def bootstrap_distribution(
-    values: np.ndarray, statistic: str, resamples: int, rng: np.random.Generator
-) -> np.ndarray:
+def bootstrap_distribution(values: np.ndarray, statistic: str, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """``resamples`` values of ``statistic`` over queries drawn with replacement from ``values`` (n,)."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
@@ -96,8 +94,8 @@ def sign_flip_test(diff: np.ndarray, permutations: int = 5000, rng: np.random.Ge
         return TestResult(name, 1.0, "all paired differences are zero")
     observed = abs(d.sum())
     tol = 1e-9 * max(1.0, np.abs(d).sum())
-    if 2 ** d.size <= permutations:
-        patterns = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1  # (2^m, m)
+    if 2**d.size <= permutations:
+        patterns = ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1  # (2^m, m)
         sums = np.abs(patterns @ d)
         return TestResult(f"{name} (exact)", float((sums >= observed - tol).mean()))
     rng = rng if rng is not None else np.random.default_rng(0)

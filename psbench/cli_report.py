@@ -1,0 +1,69 @@
+"""CLI command ``psbench report``; mounted on the main app with :func:`register`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+REPORT_HELP = (
+    "Write a Markdown + PDF comparison of finished runs (and optional efficiency results).\n\n"
+    "Per protocol: R@1/5/10, MdR, MnR (t2v and v2t) as mean ± std over seeds with a 95% bootstrap CI over test "
+    "queries; published numbers as separate rows; paired tests against meanpool and promptswitch (sign-flip "
+    "permutation on R@1, Wilcoxon on ranks); order accuracy and frame-order drops; training curves; provenance "
+    "with the exact command of every run.\n\n"
+    "Runs of one protocol and method whose protocol or test-data hash differ are never merged: they become "
+    "separate, labelled rows, and the report and this command name the hashes and run directories.\n\n"
+    "Example: `psbench report runs/ --out reports/synthetic --protocol synthetic --efficiency "
+    "results/gpu/efficiency.json` writes reports/synthetic/report.md, report.pdf and the PNG figures the "
+    "Markdown links to."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` command to ``app``."""
+
+    @app.command("report", help=REPORT_HELP)
+    def report(
+        runs: Annotated[
+            list[Path] | None, typer.Argument(help="Run directories or folders of runs (default: runs/).")
+        ] = None,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("reports/latest"),
+        protocol: Annotated[
+            list[str] | None, typer.Option("--protocol", "-p", help="Only these protocol(s) (repeatable).")
+        ] = None,
+        efficiency: Annotated[
+            list[Path] | None,
+            typer.Option("--efficiency", "-e", help="efficiency.json or its directory (repeatable)."),
+        ] = None,
+        pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render report.pdf.")] = True,
+        resamples: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.", min=100)] = 2000,
+        permutations: Annotated[int, typer.Option(help="Sign-flip permutations per test.", min=100)] = 5000,
+        seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
+        title: Annotated[str, typer.Option(help="Report title.")] = "psbench report",
+    ) -> None:
+        from psbench.report import StatsConfig, build_report
+
+        console, err = Console(), Console(stderr=True)
+        try:
+            result = build_report(
+                runs or [Path("runs")],
+                out,
+                protocol,
+                efficiency or [],
+                pdf,
+                StatsConfig(resamples=resamples, permutations=permutations, seed=seed),
+                title,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        for message in result.conflicts:
+            err.print(f"[yellow]hash conflict, split into separate rows:[/] {message}")
+        for problem in result.problems:
+            err.print(f"[yellow]consistency:[/] {problem}")
+        console.print(f"{result.runs} run(s) -> {result.markdown}")
+        if result.pdf is not None:
+            console.print(f"{result.pdf} ({result.pdf_pages} pages), {len(result.figures)} figure(s)")

@@ -1,0 +1,245 @@
+"""`psbench report` on a fixture of structurally real run directories (random per-query ranks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from psbench.metrics import QueryRanks, metrics_from_ranks
+from psbench.protocol import load_protocol, resolve
+from psbench.report import StatsConfig, build_report
+from psbench.report.build import assemble
+from psbench.report.document import Table
+from psbench.runs import atomic_write_json
+
+FAST = StatsConfig(resamples=300, permutations=500, seed=0)
+TEST_HASH = "aaaa1111bbbb2222"
+NUM_T2V, NUM_V2T = 60, 40
+
+
+def _ranks(rng: np.random.Generator, n: int, scale: float) -> QueryRanks:
+    greater = np.floor(rng.exponential(scale, size=n)).astype(int)
+    ties = (rng.random(n) < 0.1).astype(int)  # a few exact ties, as in real test sets
+    return QueryRanks(greater, ties)
+
+
+def make_run(
+    root: Path,
+    method: str,
+    seed: int,
+    scale: float,
+    protocol_hash: str,
+    test_hash: str = TEST_HASH,
+    epochs: int = 2,
+    sets: dict | None = None,
+    order_accuracy: float | None = None,
+) -> Path:
+    """One finished run: config.json, environment.json, train_log.jsonl, ranks.json, metrics.json."""
+    run_dir = root / f"20260101T00000{seed}_{protocol_hash[:4]}{test_hash[:2]}Z_synthetic_{method}_s{seed}"
+    run_dir.mkdir(parents=True)
+    rng = np.random.default_rng([seed, int(scale * 10), len(method)])
+    t2v, v2t = _ranks(rng, NUM_T2V, scale), _ranks(rng, NUM_V2T, scale)
+    cfg = resolve(load_protocol("synthetic"), method, seed, {"train.epochs": epochs, **(sets or {})})
+    hashes = {"protocol": protocol_hash, "test_data": test_hash, "train_data": "cccc3333dddd4444"}
+    command = f"psbench run --method {method} --dataset synthetic --seed {seed} --set train.epochs={epochs}"
+    atomic_write_json(run_dir / "config.json", {"config": cfg.to_dict(), "hashes": hashes, "command": command})
+    env = {
+        "python": "3.11.7",
+        "torch": "2.14.1",
+        "open_clip": "3.3.0",
+        "device": "cpu",
+        "device_name": "cpu",
+        "git": {"sha": "0123456789abcdef", "dirty": False},
+    }
+    atomic_write_json(run_dir / "environment.json", env)
+    with open(run_dir / "train_log.jsonl", "w") as log:
+        for step in range(epochs * 5):
+            loss = 5.0 / (1 + step) + rng.random()
+            log.write(json.dumps({"loss": loss, "contrastive": loss, "epoch": step // 5, "step": step}) + "\n")
+            if step % 5 == 4:
+                log.write(
+                    json.dumps({"epoch_summary": {"epoch": step // 5, "mean_loss": loss, "steps": step + 1}}) + "\n"
+                )
+    caption_video = list(range(NUM_V2T)) + list(range(NUM_T2V - NUM_V2T))
+    atomic_write_json(
+        run_dir / "ranks.json", {"t2v": t2v.to_dict(), "v2t": v2t.to_dict(), "caption_video": caption_video}
+    )
+    metrics = {
+        "schema_version": 1,
+        "protocol": "synthetic",
+        "protocol_version": 1,
+        "method": method,
+        "seed": seed,
+        "hashes": hashes,
+        "train": {"epochs_run": epochs, "steps": epochs * 5},
+        "t2v": metrics_from_ranks(t2v, "expected"),
+        "v2t": metrics_from_ranks(v2t, "expected"),
+        "tie_rule": "expected",
+        "v2t_rule": "group_max",
+        "dsl": False,
+        "num_queries": NUM_T2V,
+    }
+    if order_accuracy is not None:
+        metrics["order_accuracy"] = order_accuracy
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(root, "meanpool", seed, 6.0, "1111222233334444", order_accuracy=50.0)
+        make_run(root, "promptswitch", seed, 1.5, "5555666677778888", order_accuracy=60.0 + 10 * seed)
+    # Same protocol and method, different protocol hash (a --set variant): must not be merged.
+    make_run(root, "meanpool", 2, 6.0, "9999aaaabbbbcccc", sets={"options.variant": 1})
+    return root
+
+
+def _table(doc, title_part: str) -> Table:
+    return next(b for b in doc.blocks if isinstance(b, Table) and title_part in b.title)
+
+
+def _sample_mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _metric(run_dir: Path, direction: str, key: str) -> float:
+    return json.loads((run_dir / "metrics.json").read_text())[direction][key]
+
+
+def test_table_cells_are_mean_std_over_seeds_with_a_ci(runs: Path, tmp_path: Path):
+    content = assemble([runs], tmp_path / "out", stats=FAST)
+    table = _table(content.document, "text-to-video (t2v)")
+    rows = {r.cells[-1].split("\n")[0]: r for r in table.rows if r.style == ""}  # by protocol hash prefix
+    row = rows["11112222"]
+    assert row.cells[0].startswith("meanpool\n")  # split from the variant: labelled by what differs
+    assert row.cells[2] == "2"  # seeds
+    for col, key in ((3, "R1"), (7, "MnR")):
+        seed_dirs = sorted(runs.glob("*_meanpool_s[01]"))
+        values = [_metric(d, "t2v", key) for d in seed_dirs]
+        mean, std = _sample_mean_std(values)
+        first, ci = row.cells[col].split("\n")
+        assert first == f"{mean:.1f} ± {std:.1f}"
+        low, high = (float(x) for x in ci.strip("[]").split(", "))
+        assert low <= round(mean, 1) + 0.05 and round(mean, 1) - 0.05 <= high  # R@K / MnR: the CI's point = mean
+    ps = rows["55556666"]
+    ps_r1 = [_metric(d, "t2v", "R1") for d in sorted(runs.glob("*_promptswitch_s*"))]
+    assert ps.cells[3].startswith("{:.1f} ± {:.1f}".format(*_sample_mean_std(ps_r1)))
+    # The single-seed variant row shows its value without a std.
+    variant = rows["9999aaaa"]
+    assert variant.cells[2] == "1" and "±" not in variant.cells[3] and "options.variant=1" in variant.cells[0]
+    # Published rows from the protocol file would sit below a separator; synthetic has none, so no section row.
+    assert all(r.style != "published" for r in table.rows)
+
+
+def test_mismatched_hash_is_split_and_named(runs: Path, tmp_path: Path):
+    content = assemble([runs], tmp_path / "out", stats=FAST)
+    assert len(content.conflicts) == 1
+    message = content.conflicts[0].message()
+    assert "1111222233334444" in message and "9999aaaabbbbcccc" in message
+    assert all(d.name in message for d in runs.glob("*_meanpool_*"))
+    labels = [r.cells[0] for r in _table(content.document, "text-to-video (t2v)").rows]
+    meanpool_rows = [label for label in labels if label.startswith("meanpool")]
+    assert len(meanpool_rows) == 2 and len(set(meanpool_rows)) == 2
+    assert any("options.variant" in label for label in meanpool_rows)  # labelled by what differs
+    conflict = _table(content.document, "Hash conflicts")
+    assert {r.cells[1] for r in conflict.rows} == {"1111222233334444", "9999aaaabbbbcccc"}
+
+
+def test_paired_tests_only_on_the_same_test_data(tmp_path: Path, runs: Path):
+    make_run(runs, "xpool", 0, 3.0, "dddd000011112222", test_hash="ffff0000ffff0000")
+    content = assemble([runs], tmp_path / "out", stats=FAST)
+    table = _table(content.document, "paired tests, text-to-video")
+    pairs = [(r.cells[0].split("\n")[0], r.cells[1].split("\n")[0]) for r in table.rows]
+    assert ("promptswitch", next(b for a, b in pairs if a == "promptswitch")) in pairs
+    assert not any(a.startswith("xpool") for a, _ in pairs)
+    assert any("xpool" in note and "not tested" in note for note in table.notes)
+    ps_vs_mp = next(r for r in table.rows if r.cells[0].startswith("promptswitch"))
+    assert "sign-flip" in table.columns[4] and "Wilcoxon" in table.columns[6]
+    assert float(ps_vs_mp.cells[3].split("\n")[0].replace("−", "-")) > 0  # promptswitch ranks are much better
+
+
+def test_report_files_markdown_and_multipage_pdf(runs: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    result = build_report([runs], out, stats=FAST)
+    markdown = result.markdown.read_text()
+    for figure in result.figures:
+        assert figure.is_file() and f"]({figure.name})" in markdown  # relative links
+    assert "9999aaaabbbbcccc" in markdown and "psbench run --method promptswitch" in markdown
+    assert "order accuracy" in markdown
+    data = result.pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page\b", data))
+    assert pages == result.pdf_pages >= 2
+    if shutil.which("pdftoppm"):
+        subprocess.run(["pdftoppm", "-r", "20", "-png", str(result.pdf), str(tmp_path / "pg")], check=True)
+        assert len(list(tmp_path.glob("pg-*.png"))) == pages
+
+
+def test_frame_order_table_reports_drops(runs: Path, tmp_path: Path):
+    run_dir = next(runs.glob("*_promptswitch_s0"))
+    own = json.loads((run_dir / "metrics.json").read_text())
+    altered = {
+        **own,
+        "frame_order": "reverse",
+        "t2v": {**own["t2v"], "R1": own["t2v"]["R1"] - 5.0},
+        "order_accuracy": 50.0,
+    }
+    atomic_write_json(run_dir / "eval_20260101T000000_000000Z.json", altered)
+    content = assemble([runs], tmp_path / "out", stats=FAST)
+    table = _table(content.document, "frame-order test")
+    (row,) = table.rows
+    assert row.cells[2] == "reverse"
+    assert row.cells[3].endswith("(−5.0)")
+    assert row.cells[-1] == "60.0 → 50.0\n(−10.0)"
+
+
+def test_efficiency_section_separates_measured_and_extrapolated(runs: Path, tmp_path: Path):
+    point = {"gallery": 1000, "status": "measured", "latency_per_query_s": {"median": 2e-6}, "peak_memory_bytes": 2**20}
+    extra = {"gallery": 10**6, "status": "extrapolated", "latency_per_query_s": {"median": 2e-3, "extrapolated": True}}
+    stage = {
+        "offline": {"latency_s": {"median": 0.005}, "flops_closed_form": 1e11, "bytes_per_video": 1024},
+        "text": {"latency_per_query_s": 4e-5, "flops_per_query_closed_form": 6e9},
+        "online": {"flops_per_pair_closed_form": 1024.0},
+        "points": [point, extra],
+    }
+    eff = {
+        "kind": "psbench-efficiency",
+        "config": {"arch": "ViT-B-32", "device": "cpu", "dtype": "fp32", "frames": 12, "queries": 1000, "k": 10},
+        "environment": {"device_name": "cpu"},
+        "methods": {"meanpool": stage},
+    }
+    atomic_write_json(tmp_path / "eff" / "efficiency.json", eff)
+    content = assemble([runs], tmp_path / "out", efficiency=[tmp_path / "eff"], stats=FAST)
+    latency = _table(content.document, "Online latency per query")
+    assert latency.rows[0].cells[1].startswith("2 µs") and "extrapolated" in latency.rows[0].cells[2]
+    assert (tmp_path / "out" / "efficiency_0.png").is_file()
+
+
+def test_cli_report_command(runs: Path, tmp_path: Path):
+    from psbench.cli_report import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    cli = CliRunner()
+    assert "Example" in cli.invoke(app, ["report", "--help"]).output
+    out = tmp_path / "cli"
+    result = cli.invoke(
+        app, ["report", str(runs), "--out", str(out), "--no-pdf", "--resamples", "200", "--permutations", "200"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").is_file() and not (out / "report.pdf").exists()
+    missing = cli.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(out)])
+    assert missing.exit_code == 2
