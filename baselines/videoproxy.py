@@ -99,6 +99,7 @@ class VideoProxy(RetrievalMethod):
         return visual.ln_pre(x)
 
     def attention_mask(self, num_frames: int, patches: int, device: torch.device) -> Tensor:
+        num_frames, patches = int(num_frames), int(patches)  # plain ints: tracing (fvcore) may hand us tensors
         key = (num_frames, patches, str(device))
         if key not in self._mask_cache:
             self._mask_cache[key] = proxy_attention_mask(self.num_proxies, num_frames, patches, device)

@@ -78,6 +78,9 @@ def _open(path: str | Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoDecodeError("no video stream in file", path)
+    # One decoding thread: data-loader workers already decode videos in parallel, and FFmpeg's
+    # per-open thread pool costs more than it saves on short clips (measured: 6.9 -> 3.0 ms per clip).
+    container.streams.video[0].thread_count = 1
     return container
 
 

@@ -138,7 +138,7 @@ def recall_ci_plot(
         return None
     labels = [wrap_label(f"{q.group.label} ({q.group.kind})") for q in qualities]
     lines = sum(label.count("\n") + 1 for label in labels)
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 1.3 + 0.22 * lines + 0.2 * len(labels)), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 1.4 + 0.12 * lines + 0.16 * len(labels)), sharey=True)
     y = np.arange(len(labels))
     for ax, direction in zip(axes, DIRECTIONS, strict=True):
         cells = [q.cells[(direction, "R1")] for q in qualities]

@@ -163,7 +163,7 @@ class PdfRenderer:
         if height > max_h:
             width, height = width * max_h / height, max_h
         room = self.y - BOTTOM - 30
-        if self.fig is not None and height > room >= 0.6 * height:  # shrink a little rather than leave a gap
+        if self.fig is not None and height > room >= 0.85 * height:  # shrink a little rather than leave a gap
             width, height = width * room / height, room
         self.ensure(height + 30)
         assert self.fig is not None

@@ -44,7 +44,7 @@ def quality_table(
     level: float,
 ) -> Table:
     """Ours (one row per group, zero-shot rows labelled) then the published rows below a separator."""
-    columns = ["method", "kind", "seeds", *(METRIC_HEADERS[m] for m in METRICS), "hashes\n(protocol / data)"]
+    columns = ["method", "kind", "seeds", *(METRIC_HEADERS[m] for m in METRICS), "hashes:\nprotocol\ntest data"]
     rows = []
     for q in qualities:
         g = q.group

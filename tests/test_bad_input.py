@@ -1,0 +1,128 @@
+"""Bad input stops a run with a message naming the file / line / step, or is skipped and counted when allowed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from psbench.data.datasets import load_split
+from psbench.data.paths import AnnotationError
+from psbench.method import RetrievalMethod
+from psbench.protocol import DataConfig, load_protocol, resolve
+from psbench.runner import run
+from psbench.runs import RunDirError
+from psbench.train import NonFiniteLossError, TrainingDataError
+from tests.conftest import TINY_SETS
+
+
+@pytest.fixture(scope="module")
+def corrupt_set(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the tiny set whose first training video is truncated to 300 bytes."""
+    root = tmp_path_factory.mktemp("corrupt") / "synthetic"
+    shutil.copytree(tiny_synthetic, root)
+    video_id = (root / "train_list.csv").read_text().splitlines()[1].strip()
+    path = root / "videos" / f"{video_id}.mp4"
+    path.write_bytes(path.read_bytes()[:300])
+    return root, video_id
+
+
+def test_corrupt_training_video_fails_naming_the_file(corrupt_set: tuple[Path, str], tmp_path: Path) -> None:
+    root, video_id = corrupt_set
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS)
+    with pytest.raises(TrainingDataError) as err:
+        run(cfg, tmp_path, data_root=root)
+    message = str(err.value)
+    assert f"{video_id}.mp4" in message and "epoch 0, step" in message and "train.skip_corrupt" in message
+
+
+def test_corrupt_training_video_is_skipped_and_counted(corrupt_set: tuple[Path, str], tmp_path: Path) -> None:
+    root, video_id = corrupt_set
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**TINY_SETS, "train.skip_corrupt": True})
+    run_dir = run(cfg, tmp_path, data_root=root)
+    skipped = json.loads((run_dir / "metrics.json").read_text())["train"]["skipped_corrupt_videos"]
+    assert skipped["count"] == 1 and list(skipped["videos"]) == [video_id]
+    assert f"{video_id}.mp4" in skipped["videos"][video_id]
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["skipped_video"] for r in log if "skipped_video" in r] == [video_id]
+    assert cfg.protocol_hash() != resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS).protocol_hash()
+
+
+def test_nan_loss_names_step_batch_and_last_checkpoint(
+    tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = RetrievalMethod.training_loss
+    calls = {"n": 0}
+
+    def nan_at_step_5(self: RetrievalMethod, batch):  # 4 steps per epoch: step 5 is in epoch 1
+        out = real(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            out["loss"] = out["loss"] * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(RetrievalMethod, "training_loss", nan_at_step_5)
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**TINY_SETS, "train.epochs": 2})
+    with pytest.raises(NonFiniteLossError) as err:
+        run(cfg, tmp_path, data_root=tiny_synthetic)
+    message = str(err.value)
+    (run_dir,) = tmp_path.iterdir()
+    assert "step 5 (epoch 1)" in message and f"last good checkpoint: {run_dir / 'checkpoint_last.pt'}" in message
+    assert "batch video ids ['" in message
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 0
+    assert not (run_dir / "metrics.json").exists()
+
+
+def _annotation_copy(tiny_synthetic: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for name in ("MSRVTT_data.json", "train_list.csv", "val.csv", "test.csv", "twins.json"):
+        shutil.copy(tiny_synthetic / name, dest / name)
+    return dest
+
+
+def test_malformed_synthetic_annotation_names_file_and_line(tiny_synthetic: Path, tmp_path: Path) -> None:
+    root = _annotation_copy(tiny_synthetic, tmp_path / "syn")
+    lines = (root / "test.csv").read_text().splitlines()
+    lines.insert(3, "only,three,fields")
+    (root / "test.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnnotationError, match=r"test\.csv line 4: 3 field\(s\), expected 4"):
+        load_split(DataConfig(dataset="synthetic"), root, "test")
+
+
+def test_malformed_msrvtt_annotation_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\nret0,msr7020,video7020,a man sings\nret1,msr7021,video7021\n"
+    )
+    with pytest.raises(AnnotationError, match=r"MSRVTT_JSFUSION_test\.csv line 3: 3 field"):
+        load_split(DataConfig(dataset="msrvtt"), tmp_path, "test")
+    (tmp_path / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\n\nvideo0\n")
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": "video0", "caption": "a"}]}))
+    with pytest.raises(AnnotationError, match=r"MSRVTT_train\.9k\.csv line 4: video id 'video0' already listed"):
+        load_split(DataConfig(dataset="msrvtt"), tmp_path, "train")
+
+
+def test_unusable_runs_dir_fails_before_training(
+    tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psbench.runner as runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built although the runs directory is unusable")
+
+    monkeypatch.setattr(runner, "build_method", never)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS)
+    with pytest.raises(RunDirError, match=f"runs directory {blocker / 'runs'} is not usable"):
+        run(cfg, blocker / "runs", data_root=tiny_synthetic)
+
+    def disk_full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(RunDirError, match=r"runs directory .*full_disk is not usable: .*No space left on device"):
+        run(cfg, tmp_path / "full_disk", data_root=tiny_synthetic)
