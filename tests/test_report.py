@@ -243,3 +243,32 @@ def test_cli_report_command(runs: Path, tmp_path: Path):
     assert (out / "report.md").is_file() and not (out / "report.pdf").exists()
     missing = cli.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(out)])
     assert missing.exit_code == 2
+
+
+def test_different_test_data_with_same_protocol_hash_is_split(runs: Path, tmp_path: Path):
+    make_run(runs, "promptswitch", 2, 1.5, "5555666677778888", test_hash="eeee9999eeee9999")
+    content = assemble([runs], tmp_path / "out", stats=FAST)
+    conflict = next(c for c in content.conflicts if c.method == "promptswitch")
+    assert {dh for _, dh, _ in conflict.groups} == {TEST_HASH, "eeee9999eeee9999"}
+    labels = [
+        r.cells[0]
+        for r in _table(content.document, "text-to-video (t2v)").rows
+        if r.cells[0].startswith("promptswitch")
+    ]
+    assert sorted(labels) == ["promptswitch\ntest data aaaa1111", "promptswitch\ntest data eeee9999"]
+
+
+def test_pdf_tables_fit_the_page_and_split_over_pages(tmp_path: Path):
+    from psbench.report.document import Document, Row
+    from psbench.report.pdf import BODY_W, layout_table, render_pdf
+
+    long_name = "promptswitch-" + "very-long-variant-name-" * 4
+    rows = [
+        Row([f"{long_name}{i}", "trained (5 ep)", *["12.3 ± 0.4\n[11.0, 13.5]"] * 5, "0123456789abcdef"])
+        for i in range(60)
+    ]
+    table = Table("long", ["method", "kind", "R1", "R5", "R10", "MdR", "MnR", "hash"], rows)
+    layout = layout_table(table)
+    assert layout.total() <= BODY_W and layout.widths[0] < len(long_name)  # the long name column wraps
+    pages = render_pdf(Document("t", [table]), tmp_path / "t.pdf")
+    assert pages >= 3

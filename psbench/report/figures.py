@@ -137,9 +137,9 @@ def recall_ci_plot(
     if not qualities:
         return None
     labels = [wrap_label(f"{q.group.label} ({q.group.kind})") for q in qualities]
-    lines = sum(label.count("\n") + 1 for label in labels)
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 1.4 + 0.12 * lines + 0.16 * len(labels)), sharey=True)
-    y = np.arange(len(labels))
+    slots = np.array([max(1.0, 0.45 * (label.count("\n") + 1) + 0.3) for label in labels])  # taller for long labels
+    y = np.cumsum(slots) - slots / 2  # row centres
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 1.4 + 0.3 * slots.sum()), sharey=True)
     for ax, direction in zip(axes, DIRECTIONS, strict=True):
         cells = [q.cells[(direction, "R1")] for q in qualities]
         points = np.array([c.ci.point for c in cells])
@@ -153,13 +153,13 @@ def recall_ci_plot(
                     continue
                 if ref.get("R1") is None:
                     continue
-                ax.plot(float(ref["R1"]), i, "D", mfc="none", color="black", label=None if labelled else "published")
+                ax.plot(float(ref["R1"]), y[i], "D", mfc="none", color="black", label=None if labelled else "published")
                 labelled = True
         ax.set_xlabel(f"{direction} R@1 (%)")
         ax.set_title(direction, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=6.5)
-    axes[0].invert_yaxis()
+    axes[0].set_ylim(float(slots.sum()), 0.0)  # first row on top
     handles: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from psbench.report.document import Bullets, Code, Document, Figure, Heading, Paragraph, Row, Table  # noqa: E402
+from psbench.report.document import Block, Bullets, Code, Document, Figure, Heading, Paragraph, Table  # noqa: E402
 
 PAGE_W, PAGE_H = 595.0, 842.0  # A4 in points
 MARGIN = 36.0
@@ -29,6 +29,7 @@ MONO_ADVANCE = 0.602  # DejaVu Sans Mono advance width in em
 SANS_ADVANCE = 0.60  # conservative average for DejaVu Sans prose
 TABLE_FONT, PREFERRED_MIN_FONT, MIN_TABLE_FONT = 7.5, 6.5, 5.5
 WRAP_MIN_CHARS, MIN_COL_CHARS = 14, 6
+TITLE_H = 30.0  # a table title and the gap below it
 PAD_X, PAD_Y = 3.0, 2.0
 LEADING = 1.25
 HEADING_SIZES = {1: 16.0, 2: 13.0, 3: 11.0}
@@ -75,6 +76,50 @@ def layout_table(table: Table, avail: float = BODY_W) -> TableLayout:
                 break
             layout.widths[widest] -= 1
     return layout
+
+
+@dataclass
+class TableGeometry:
+    """Column positions, wrapped cells and row heights of a table laid out for the page."""
+
+    layout: TableLayout
+    xs: list[float]
+    header: list[list[str]]
+    header_h: float
+    lines: list[list[list[str]]]
+    heights: list[float]
+
+    @classmethod
+    def of(cls, table: Table) -> TableGeometry:
+        layout = layout_table(table)
+        line_h = layout.font * LEADING
+        xs = [MARGIN]
+        for w in layout.column_points():
+            xs.append(xs[-1] + w)
+        span_chars = int((xs[-1] - xs[0] - 2 * PAD_X) / layout.char_w)
+        header = [wrap(c, w) for c, w in zip(table.columns, layout.widths, strict=True)]
+        lines = [
+            [wrap(r.cells[0], span_chars)]
+            if r.style == "section"
+            else [wrap(c, w) for c, w in zip(r.cells, layout.widths, strict=True)]
+            for r in table.rows
+        ]
+        heights = [max(map(len, cell)) * line_h + 2 * PAD_Y for cell in lines]
+        return cls(layout, xs, header, max(map(len, header)) * line_h + 2 * PAD_Y, lines, heights)
+
+    def start_height(self) -> float:
+        """Room needed to start the table: all of it when it fits on half a page, else title + header + a row."""
+        whole = TITLE_H + self.header_h + sum(self.heights)
+        return whole if whole <= 0.5 * (TOP - BOTTOM) else TITLE_H + self.header_h + (self.heights or [0.0])[0]
+
+
+def figure_size(block: Figure) -> tuple[float, float]:
+    """Width and height in points: the PNG at its natural size (200 dpi), at most the body width/height."""
+    h_px, w_px = plt.imread(block.path).shape[:2]
+    width = min(BODY_W, w_px / 200 * 72)
+    height = width * h_px / w_px
+    max_h = TOP - BOTTOM - 40
+    return (width * max_h / height, max_h) if height > max_h else (width, height)
 
 
 class PdfRenderer:
@@ -134,9 +179,9 @@ class PdfRenderer:
             self.text(MARGIN + indent, line, size, **kw)
             self.y -= size * LEADING
 
-    def heading(self, block: Heading) -> None:
+    def heading(self, block: Heading, following: list[Block]) -> None:
         size = HEADING_SIZES.get(block.level, 10.0)
-        self.ensure(size * 2 + 120)  # never leave a heading alone at the bottom of a page
+        self.ensure(start_height(block, following))  # never leave a heading alone at the bottom of a page
         self.y -= size * 0.6
         self.prose(block.text, size, weight="bold")
         self.y -= size * 0.3
@@ -156,12 +201,7 @@ class PdfRenderer:
 
     def figure(self, block: Figure) -> None:
         image = plt.imread(block.path)
-        h_px, w_px = image.shape[:2]
-        width = min(BODY_W, w_px / 200 * 72 * 1.0)
-        height = width * h_px / w_px
-        max_h = TOP - BOTTOM - 40
-        if height > max_h:
-            width, height = width * max_h / height, max_h
+        width, height = figure_size(block)
         room = self.y - BOTTOM - 30
         if self.fig is not None and height > room >= 0.85 * height:  # shrink a little rather than leave a gap
             width, height = width * room / height, room
@@ -176,20 +216,8 @@ class PdfRenderer:
         self.y -= 8
 
     def table(self, block: Table) -> None:
-        layout = layout_table(block)
-        size, cw = layout.font, layout.char_w
-        line_h = size * LEADING
-        xs = [MARGIN]
-        for w in layout.column_points():
-            xs.append(xs[-1] + w)
-        header = [wrap(c, w) for c, w in zip(block.columns, layout.widths, strict=True)]
-        header_h = max(map(len, header)) * line_h + 2 * PAD_Y
-        span_chars = int((xs[-1] - xs[0] - 2 * PAD_X) / cw)
-
-        def row_lines(row: Row) -> list[list[str]]:
-            if row.style == "section":
-                return [wrap(row.cells[0], span_chars)]
-            return [wrap(c, w) for c, w in zip(row.cells, layout.widths, strict=True)]
+        geo = TableGeometry.of(block)
+        size, xs, header, header_h = geo.layout.font, geo.xs, geo.header, geo.header_h
 
         def draw_header(continued: bool) -> None:
             title = block.title + (" (continued)" if continued else "")
@@ -200,12 +228,8 @@ class PdfRenderer:
             self.y -= header_h
             self.hline(xs[0], xs[-1], 0.7)
 
-        all_lines = [row_lines(row) for row in block.rows]
-        heights = [max(map(len, lines)) * line_h + 2 * PAD_Y for lines in all_lines]
-        whole = 30 + header_h + sum(heights)
-        first = heights[0] if heights else 0.0
-        # Keep a table that fits on half a page together; a longer one starts where at least its first row fits.
-        self.ensure(whole if whole <= 0.5 * (TOP - BOTTOM) else 30 + header_h + first)
+        all_lines, heights = geo.lines, geo.heights
+        self.ensure(geo.start_height())
         draw_header(False)
         for i, (row, lines, height) in enumerate(zip(block.rows, all_lines, heights, strict=True)):
             needed = height + (heights[i + 1] if row.style == "section" and i + 1 < len(heights) else 0.0)
@@ -258,9 +282,9 @@ class PdfRenderer:
             self.new_page()
             self.prose(doc.title, HEADING_SIZES[1], weight="bold")
             self.y -= 8
-            for block in doc.blocks:
+            for i, block in enumerate(doc.blocks):
                 if isinstance(block, Heading):
-                    self.heading(block)
+                    self.heading(block, doc.blocks[i + 1 :])
                 elif isinstance(block, Paragraph):
                     self.prose(block.text)
                     self.y -= 5
@@ -278,6 +302,18 @@ class PdfRenderer:
                     self.figure(block)
             self.close_page()
         return self.pages
+
+
+def start_height(block: Block, following: list[Block]) -> float:
+    """Room a block needs on the current page before it starts (a heading: itself plus the next block's)."""
+    if isinstance(block, Heading):
+        own = HEADING_SIZES.get(block.level, 10.0) * 2.2
+        return own + (start_height(following[0], following[1:]) if following else 0.0)
+    if isinstance(block, Table):
+        return TableGeometry.of(block).start_height()
+    if isinstance(block, Figure):
+        return figure_size(block)[1] * 0.85 + 30
+    return 3 * 9.0 * LEADING
 
 
 def render_pdf(doc: Document, path: Path) -> int:
