@@ -1,18 +1,19 @@
 # psbench: two commands do all the set-up on a fresh machine with Python 3.11.
-#   make demo   create .venv, install, generate the synthetic set, pretrain the tiny CLIP, run the benchmark
+#   make demo   create .venv, install, generate the synthetic set, pretrain the tiny CLIP, run the whole
+#               benchmark (all methods, ablations, 3 seeds; resumable), the efficiency sweep and the report
 #   make test   create/update .venv and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PSBENCH := $(VENV)/bin/psbench
 DATA ?= data/synthetic
-RUNS ?= runs/demo
+RUNS ?= runs/synthetic
+REPORT ?= reports/synthetic
 
-.PHONY: install test demo lint clean-demo
+.PHONY: install test demo lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
@@ -28,6 +29,10 @@ lint: install
 demo: install
 	$(PSBENCH) data synth --out $(DATA)
 	$(PSBENCH) data pretrain-clip --root $(DATA)
-	$(PSBENCH) run --method meanpool --dataset synthetic --data-root $(DATA) --runs-dir $(RUNS)/zeroshot --set train.epochs=0
-	$(PSBENCH) run --method meanpool --dataset synthetic --data-root $(DATA) --runs-dir $(RUNS)/trained
-	$(PSBENCH) table $(RUNS)
+	$(PSBENCH) bench --protocol synthetic --data-root $(DATA) --runs-dir $(RUNS)
+	$(MAKE) $(REPORT)/efficiency/efficiency.json
+	$(PSBENCH) report $(RUNS) --protocol synthetic --efficiency $(REPORT)/efficiency --efficiency reports/efficiency_gpu_h200 --out $(REPORT)
+
+# The efficiency sweep (ViT-B/32 shapes, random embeddings, 1k..100k videos) is kept once measured.
+$(REPORT)/efficiency/efficiency.json:
+	$(PSBENCH) efficiency --sweep --gallery 100000 --budget-s 20 --threads 2 --out $(REPORT)/efficiency

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psbench.backbone import frame_features
@@ -161,13 +162,21 @@ class XPoolHead(nn.Module):
             heads = torch.matmul(attn.permute(2, 0, 1, 3), values)  # (Nb, H, Qb, dh)
             o = self.out_proj(heads.transpose(1, 2).reshape(nb, qb, h * dh))  # (Nb, Qb, D)
         r = self.ln2(o)  # (Nb, Qb, D)
-        return self.ln3(r + self.dropout(self.linear(r)))  # (Nb, Qb, D)
+        if self.dropout.p > 0 and self.training:
+            return self.ln3(r + self.dropout(self.linear(r)))  # (Nb, Qb, D)
+        # no dropout: r + (W_l r + b_l) = (I + W_l) r + b_l, one GEMM instead of a GEMM and an add pass
+        return self.ln3(F.linear(r, self.residual_weight(), self.linear.bias))  # (Nb, Qb, D)
+
+    def residual_weight(self) -> Tensor:
+        """I + W_l (D, D): the residual folded into the last projection (used when dropout is off)."""
+        w = self.linear.weight
+        return w + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
 
 
 def cosine_with(text_unit: Tensor, pooled: Tensor) -> Tensor:
     """cos(t, psi) from unit text vectors (Qb, D) and pooled (Nb, Qb, D) -> (Nb, Qb)."""
-    dots = (pooled * text_unit).sum(-1)  # (Nb, Qb)
-    return dots / pooled.norm(dim=-1).clamp_min(NORM_EPS)
+    dots = torch.linalg.vecdot(pooled, text_unit)  # (Nb, Qb), no (Nb, Qb, D) temporary
+    return dots / torch.linalg.vector_norm(pooled, dim=-1).clamp_min(NORM_EPS)
 
 
 @METHODS.register("xpool")

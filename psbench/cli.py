@@ -16,6 +16,7 @@ from rich.table import Table
 from psbench.cli_bench import register as _register_bench
 from psbench.cli_data import register as _register_data_commands
 from psbench.cli_efficiency import register as _register_efficiency
+from psbench.cli_report import register as _register_report
 from psbench.registry import UnknownKeyError
 
 app = typer.Typer(
@@ -210,8 +211,13 @@ def eval_(
             )
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(str(exc))
+    from psbench import distributed
     from psbench.runs import read_json
 
+    if not distributed.is_main():  # under torchrun rank 0 reports
+        distributed.destroy()
+        return
+    distributed.destroy()
     m = read_json(out)
     for direction in ("t2v", "v2t"):
         console.print(direction, {k: round(v, 2) for k, v in m[direction].items()})
@@ -344,6 +350,7 @@ def data_pretrain_clip(
 
 _register_efficiency(app)
 _register_bench(app)
+_register_report(app)
 
 
 def main() -> None:

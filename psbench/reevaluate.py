@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-from psbench import backbone
+from psbench import backbone, distributed
 from psbench.checkpoint import load_run_checkpoint
 from psbench.data.datasets import load_split
 from psbench.evaluate import evaluate_split
@@ -50,7 +48,8 @@ def reevaluate(
         method.load_state_dict(load_run_checkpoint(ckpt)["model"])
     elif cfg.train.epochs > 0:
         raise FileNotFoundError(f"{run_dir}: no checkpoint found (the run did not finish an epoch)")
-    dev = torch.device(device)
+    here = distributed.init_from_env(device)  # under torchrun: rank 0 writes the result
+    dev = distributed.process_device(device)
     method.to(dev)
     root = Path(data_root) if data_root else Path(record["data_root"])
     split = load_split(cfg.data, root, cfg.data.test_split)
@@ -58,6 +57,10 @@ def reevaluate(
         raise ValueError(f"the test data under {root} differs from the data the run saw (data hash mismatch)")
     tokenizer = backbone.tokenizer_for(method.clip, cfg.test.max_words)
     result = evaluate_split(method, split, cfg.test, tokenizer, dev, progress, frame_order=frame_order)
-    out = run_dir / f"eval_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S_%fZ')}.json"
-    atomic_write_json(out, {"schema_version": METRICS_SCHEMA_VERSION, "checkpoint": str(ckpt), **result.metrics})
+    out = Path(
+        distributed.broadcast_object(str(run_dir / f"eval_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S_%fZ')}.json"))
+    )
+    if here.is_main:
+        atomic_write_json(out, {"schema_version": METRICS_SCHEMA_VERSION, "checkpoint": str(ckpt), **result.metrics})
+    distributed.barrier()
     return out

@@ -189,21 +189,20 @@ def _execute(
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:
         hashes["train_data"] = data_hash(train_split)
-    if resume_dir is not None:
-        assert record is not None
-        if record["hashes"] != hashes:
-            raise ValueError(
-                f"cannot resume {resume_dir}: the data or protocol differs from what the run saw "
-                f"(recorded hashes {record['hashes']}, now {hashes})"
-            )
-        run_dir = resume_dir
-    else:
-        assert runs_dir is not None
-        run_dir = _new_run_dir(runs_dir, cfg)
+    if resume_dir is not None and record is not None and record["hashes"] != hashes:
+        raise ValueError(
+            f"cannot resume {resume_dir}: the data or protocol differs from what the run saw "
+            f"(recorded hashes {record['hashes']}, now {hashes})"
+        )
 
     with deterministic_mode(opts.deterministic) as determinism:
         seed_everything(cfg.seed)
-        method = build_method(cfg, paths.weights, opts.trust_checkpoint)
+        method = build_method(cfg, paths.weights, opts.trust_checkpoint)  # bad weights fail before any write
+        if resume_dir is not None:
+            run_dir = resume_dir
+        else:
+            assert runs_dir is not None
+            run_dir = _new_run_dir(runs_dir, cfg)  # probes the runs directory: fails before training
         if resume_dir is None and here.is_main:
             _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev)
         log.info("run directory %s", run_dir)

@@ -111,9 +111,9 @@ def test_unusable_runs_dir_fails_before_training(
     import psbench.runner as runner
 
     def never(*args, **kwargs):
-        raise AssertionError("the model was built although the runs directory is unusable")
+        raise AssertionError("training started although the runs directory is unusable")
 
-    monkeypatch.setattr(runner, "build_method", never)
+    monkeypatch.setattr(runner, "train", never)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     cfg = resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS)
