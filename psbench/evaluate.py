@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from psbench import engine, metrics
+from psbench import distributed, engine, metrics
 from psbench.backbone import Tokenizer
-from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader
+from psbench.data.loader import FrameSpec, GalleryDataset
 from psbench.data.split import RetrievalSplit
 from psbench.method import RetrievalMethod
 from psbench.progress import Progress, SilentProgress
@@ -49,9 +49,11 @@ def evaluate_split(
     dataset = GalleryDataset(
         split, frame_spec(cfg.frames, cfg.sampler, cfg.segments, method), cfg.transform, cfg.resolution, frame_order
     )
-    loader = make_gallery_loader(dataset, cfg.batch_size, cfg.num_workers)
     with progress.task(f"encode {split.name} videos", len(split.video_ids)) as task:
-        video = engine.encode_gallery(method, loader, device, progress=task.advance)
+        # under torchrun each rank encodes its shard of the gallery; outside it, the whole gallery
+        video = distributed.encode_gallery_sharded(
+            method, dataset, cfg.batch_size, cfg.num_workers, device, task.advance
+        )
     tokens = tokenizer([c.text for c in split.captions])  # (Q, L)
     text = engine.encode_queries(method, tokens, cfg.batch_size, device)
     with torch.inference_mode():
