@@ -54,10 +54,20 @@ class RunPaths:
     weights: Path | None
 
 
+#: ``backbone.weights = "random"`` asks for a randomly initialised backbone on purpose (tests, cost studies)
+RANDOM_WEIGHTS = "random"
+
+WHERE_TO_GET = (
+    "For the synthetic protocol run `psbench data synth` and `psbench data pretrain-clip` (or `make demo`).",
+    "Real datasets: download the videos and the standard annotation files and point --data-root at them; "
+    "CLIP weights: an open_clip state dict of OpenAI ViT-B/32 (README, 'Using real CLIP weights and real data').",
+)
+
+
 def resolve_paths(cfg: RunConfig, data_root: Path | None, weights: Path | None) -> RunPaths:
     """Data root: CLI flag, else the protocol default. Weights: CLI flag, else the protocol's (under root)."""
     root = Path(data_root) if data_root else Path(cfg.data.root)
-    if weights is None and cfg.backbone.weights:
+    if weights is None and cfg.backbone.weights and cfg.backbone.weights != RANDOM_WEIGHTS:
         w = Path(cfg.backbone.weights)
         weights = w if w.is_absolute() else root / w
     return RunPaths(root, Path(weights) if weights else None)
@@ -177,14 +187,19 @@ def _execute(
     here = distributed.init_from_env(opts.device)
     dev = distributed.process_device(opts.device)
     progress = (opts.progress if here.is_main else None) or SilentProgress()
-    if paths.weights is not None and not paths.weights.is_file():
-        raise FileNotFoundError(
-            f"CLIP weights not found: {paths.weights} (pass --weights PATH, or for the synthetic protocol run "
-            "`psbench data pretrain-clip` first)"
-        )
     if cfg.train.epochs > 0:
         distributed.per_process_batch(cfg.train.batch_size, here.world_size)
-    loaded, skipped = load_splits(cfg, paths.data_root)
+    problems = [] if paths.weights is None or paths.weights.is_file() else [f"CLIP weights not found: {paths.weights}"]
+    if paths.weights is None and cfg.backbone.weights != RANDOM_WEIGHTS:
+        problems.append(
+            f"protocol {cfg.protocol} needs pretrained CLIP weights for {cfg.backbone.arch}: pass --weights PATH"
+        )
+    try:
+        loaded, skipped = load_splits(cfg, paths.data_root)
+    except FileNotFoundError as exc:
+        problems.insert(0, str(exc))
+    if problems:
+        raise FileNotFoundError("; ".join(problems) + f". {WHERE_TO_GET[cfg.data.dataset != 'synthetic']}")
     test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:

@@ -65,3 +65,12 @@ def test_missing_weights_named(tiny_synthetic: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         run(cfg, tmp_path, data_root=tiny_synthetic, weights=tmp_path / "nope.pt")
     assert not any(tmp_path.iterdir())  # nothing created before the inputs are checked
+
+
+def test_real_dataset_without_data_or_weights_names_what_is_missing(tmp_path: Path):
+    cfg = resolve(load_protocol("lsmdc"), "promptswitch", 0, {})
+    with pytest.raises(FileNotFoundError) as info:
+        run(cfg, tmp_path / "runs", data_root=tmp_path / "no-lsmdc")
+    message = str(info.value)
+    assert "no-lsmdc" in message and "--weights" in message and "annotation" in message
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
