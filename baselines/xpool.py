@@ -198,7 +198,7 @@ class XPool(RetrievalMethod):
         clip: nn.Module,
         num_heads: int = 1,
         dropout: float = 0.3,
-        pairs_per_block: int = 8192,
+        pairs_per_block: int = 2048,
         fold_out_proj: bool = True,
         fold_norms: bool = False,
     ) -> None:

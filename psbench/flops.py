@@ -91,6 +91,8 @@ ELEMENTWISE_OPS: tuple[str, ...] = (
     "aten::__or__",
     "aten::repeat_interleave",
     "aten::upsample_linear1d",  # Video Proxy's temporal-embedding resize: O(F W), negligible
+    "aten::eye",  # X-Pool's I + W_l (residual folded into the last projection): D^2 adds per block
+    "aten::linalg_vecdot",  # X-Pool's cosine numerator: an element-wise product + sum, like mul + sum
 )
 
 Handle = Callable[[list[Any], list[Any]], int]
