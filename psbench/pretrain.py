@@ -121,7 +121,7 @@ def pretrain_tiny_clip(
                 scheduler.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, np.log(100.0))
-                losses.append(float(loss))
+                losses.append(loss.item())
                 task.advance(1, loss=losses[-1])
     model.eval()
     accuracy = _retrieval_accuracy(model, pixels, tokens, caption_ids)

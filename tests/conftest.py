@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def _shared_annotations() -> Path:
+    """The real annotation files: $PSBENCH_ANNOTATIONS, else ../shared beside the checkout, else /work/shared."""
+    candidates = [os.environ.get("PSBENCH_ANNOTATIONS", ""), Path(__file__).resolve().parents[2] / "shared"]
+    for base in [*candidates, "/work/shared"]:
+        if base and (Path(base) / "annotations").is_dir():
+            return Path(base) / "annotations"
+        if base and Path(base).name == "annotations" and Path(base).is_dir():
+            return Path(base)
+    return Path("/work/shared/annotations")
+
+
+#: the real annotation files (read in place, never copied into the project)
+SHARED_ANNOTATIONS = _shared_annotations()
 
 
 @pytest.fixture(scope="session")

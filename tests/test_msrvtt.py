@@ -11,10 +11,9 @@ import pytest
 
 from psbench.data.msrvtt import AnnotationError, load_msrvtt_test, load_msrvtt_train
 from psbench.data.paths import VIDEO_EXTENSIONS, find_video, safe_video_id
+from tests.conftest import SHARED_ANNOTATIONS
 
-ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "annotations" / "msrvtt"
-if not ANNOTATIONS.is_dir():  # the checkout may live elsewhere; the shared folder does not move
-    ANNOTATIONS = Path("/work/shared/annotations/msrvtt")
+ANNOTATIONS = SHARED_ANNOTATIONS / "msrvtt"
 TEST_CSV = ANNOTATIONS / "MSRVTT_JSFUSION_test.csv"
 real_files = pytest.mark.skipif(not TEST_CSV.is_file(), reason="shared MSR-VTT annotations not available")
 

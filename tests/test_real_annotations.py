@@ -21,10 +21,9 @@ from psbench.data.paths import AnnotationError
 from psbench.data.real_datasets import LSMDC_SKIPPED_CLIP
 from psbench.data.split import RetrievalSplit
 from psbench.protocol import DataConfig, list_protocols, load_protocol, method_family, resolve
+from tests.conftest import SHARED_ANNOTATIONS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "annotations"
-if not SHARED.is_dir():  # the checkout may live elsewhere; the shared folder does not move
-    SHARED = Path("/work/shared/annotations")
+SHARED = SHARED_ANNOTATIONS
 
 
 @pytest.fixture(scope="module")

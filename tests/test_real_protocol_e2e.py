@@ -19,8 +19,9 @@ from psbench.backbone import create_clip, save_clip
 from psbench.data.video_writer import write_video
 from psbench.protocol import load_protocol, resolve
 from psbench.runner import run
+from tests.conftest import SHARED_ANNOTATIONS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "annotations" / "msrvtt"
+SHARED = SHARED_ANNOTATIONS / "msrvtt"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not found at {SHARED}")
 
 TINY = {
