@@ -46,3 +46,12 @@ TINY_SETS = {
     "test.batch_size": 8,
     "test.num_workers": 0,
 }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny shapes: one thread avoids OpenMP spin contention on a shared machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

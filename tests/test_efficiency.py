@@ -13,14 +13,7 @@ from typer.testing import CliRunner
 
 from psbench import efficiency as eff
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one thread avoids OpenMP spin contention on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides: object) -> eff.EfficiencyConfig:

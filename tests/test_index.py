@@ -22,13 +22,7 @@ from psbench.index import (
 )
 from psbench.method import create_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _index(name: str, n: int = 40) -> tuple[VideoIndex, torch.nn.Module]:
