@@ -18,6 +18,8 @@ a whole-query-set latency scaled linearly in Q (``query_set_extrapolated``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import logging
 import math
@@ -179,11 +181,29 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim(0)``); False where unavailable.
+
+    Without it, memory that was freed earlier but is still resident can be reused by the next
+    allocation without raising RSS, and an RSS-based peak would under-count.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 class PeakMemory:
     """Peak memory above the level at entry: CUDA ``max_memory_allocated``, else sampled process RSS.
 
-    On CPU a background thread samples ``/proc/self/statm`` every ``interval`` seconds (falling back
-    to ``ru_maxrss``, which cannot be reset, where /proc is missing).
+    On CPU the C heap's free pages are first returned to the OS (``release_free_heap``) so that new
+    allocations show up in RSS; then a background thread samples ``/proc/self/statm`` every
+    ``interval`` seconds (falling back to ``ru_maxrss``, which cannot be reset, where /proc is missing).
     """
 
     def __init__(self, device: torch.device, interval: float = 0.002) -> None:
@@ -200,8 +220,9 @@ class PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "torch.cuda.max_memory_allocated"
         elif Path("/proc/self/statm").is_file():
+            trimmed = release_free_heap()
             self._base = self._max = _rss_bytes()
-            self.method = "peak RSS delta (/proc/self/statm sampler)"
+            self.method = "peak RSS delta (/proc/self/statm sampler" + (", after malloc_trim)" if trimmed else ")")
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         else:

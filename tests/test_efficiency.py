@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from pathlib import Path
 
@@ -111,16 +112,28 @@ def test_gallery_sizes() -> None:
     assert eff.gallery_sizes(1_000_000, sweep=True, per_decade=1) == [1000, 10_000, 100_000, 1_000_000]
 
 
+def fresh_resident_pages(size: int) -> mmap.mmap:
+    """``size`` bytes of new anonymous memory, every page written (resident whatever the allocator)."""
+    pages = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        pages[offset] = 1
+    return pages
+
+
 def test_device_path_on_cpu_and_dtype_casting() -> None:
     """The same code path as CUDA: synchronise (no-op), clock, peak memory, dtype cast."""
     device = eff.resolve_device("cpu")
     eff.synchronize(device)
     assert eff.time_once(lambda: time.sleep(0.01), device) >= 0.009
-    with eff.PeakMemory(device) as peak:
-        block = torch.ones(16 * 2**20)  # 64 MiB
-        time.sleep(0.05)
-        del block
-    assert peak.peak_bytes >= 32 * 2**20 and peak.method
+    with eff.PeakMemory(device) as held:
+        pages = fresh_resident_pages(64 * 2**20)
+    del pages
+    assert held.peak_bytes >= 60 * 2**20 and held.method
+    with eff.PeakMemory(device) as transient:  # freed before exit: only the sampler thread can see it
+        pages = fresh_resident_pages(64 * 2**20)
+        time.sleep(0.2)  # 100 sampling intervals
+        del pages
+    assert transient.peak_bytes >= 60 * 2**20
     cfg = tiny_config(methods=["meanpool"], dtype="bf16", sweep=False, gallery=300)
     res = eff.measure_method("meanpool", cfg, [300], device)
     assert res["offline"]["encoded"]["video"]["dtype"] == "bfloat16"
