@@ -66,6 +66,8 @@ def _print_efficiency(result: dict[str, Any]) -> None:
                 f"{p['peak_memory_bytes'] / 2**20:.1f} MiB" if p["peak_memory_bytes"] is not None else "-",
             )
     console.print(table)
+    for name, res in result["methods"].items():
+        console.print(f"top-k path of {name}: {res['online'].get('topk_path', '-')}")
     costs = Table(title="FLOPs (2 x MAC): fvcore vs closed form; offline per video, text per query, online per pair")
     for col in (
         "method",
@@ -130,6 +132,13 @@ def efficiency(
     repeats: Annotated[int, typer.Option(help="Timed repeats per point (after warm-up).")] = 3,
     text_queries: Annotated[int, typer.Option(help="Queries run through the real text tower.")] = 64,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    prefilter: Annotated[
+        str,
+        typer.Option(
+            help="Top-k path for inner-product methods: 'auto' (bfloat16 prefilter + float32 rescoring on CPUs "
+            "with native bfloat16; exact), 'bf16' (always), 'off' (float32 for every pair)."
+        ),
+    ] = "auto",
     out: Annotated[Path | None, typer.Option(help="Write efficiency.json + scaling plot (PNG, PDF) here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -164,6 +173,7 @@ def efficiency(
             repeats=repeats,
             text_queries=text_queries,
             threads=threads,
+            prefilter=prefilter,
         )
         result = run_efficiency(cfg, out)
     except (KeyError, ValueError, RuntimeError) as exc:

@@ -83,6 +83,7 @@ class EfficiencyConfig:
     fvcore_videos: int = 64
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    prefilter: str = "auto"  # engine.topk's bfloat16 prefilter: auto | bf16 | off (exact either way)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -90,6 +91,8 @@ class EfficiencyConfig:
         for name in ("frames", "queries", "gallery", "min_gallery", "repeats", "k", "text_queries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefilter not in engine.PREFILTERS:
+            raise ValueError(f"prefilter {self.prefilter!r}; valid: {', '.join(engine.PREFILTERS)}")
         if self.budget_s <= 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
 
@@ -465,6 +468,7 @@ class OnlineRunner:
             self.cfg.block_queries,
             self.cfg.block_videos,
             self.device,
+            self.cfg.prefilter,
         )
 
     def pilot(self, n: int) -> None:
@@ -529,6 +533,12 @@ def fill_extrapolated(points: list[Point], queries: int) -> LinearFit | None:
     return fit
 
 
+TOPK_PATHS = {
+    False: "float32 scores for every pair + exact top-k",
+    True: "bfloat16 prefilter with a proven error bound + float32 rescoring (exact top-k)",
+}
+
+
 def measure_method(name: str, cfg: EfficiencyConfig, sizes: list[int], device: torch.device) -> dict[str, Any]:
     """All stages of one method: offline, text, online FLOPs, online latency at each gallery size."""
     dtype = DTYPES[cfg.dtype]
@@ -542,6 +552,9 @@ def measure_method(name: str, cfg: EfficiencyConfig, sizes: list[int], device: t
     gallery = SyntheticEncoded(video, capacity, device, dtype, cfg.seed + 1)
     online = online_flops(method, cfg, queries, gallery.take(min(capacity, cfg.fvcore_videos)))
     runner = OnlineRunner(method, cfg, device, queries, gallery, online["flops_per_pair_closed_form"])
+    probe = gallery.take(min(capacity, cfg.block_videos))
+    prefiltered = engine.prefilter_operands(method, queries, probe, cfg.k, cfg.block_videos, device, cfg.prefilter)
+    topk_path = TOPK_PATHS[prefiltered is not None]
     points: list[Point] = []
     for n in sorted(sizes):
         if points and points[-1].status == "extrapolated":  # cost grows with N: larger points too
@@ -559,7 +572,7 @@ def measure_method(name: str, cfg: EfficiencyConfig, sizes: list[int], device: t
     return {
         "offline": offline,
         "text": text_info,
-        "online": {**online, "gallery_device": str(device), "k": cfg.k},
+        "online": {**online, "gallery_device": str(device), "k": cfg.k, "topk_path": topk_path},
         "points": [asdict(p) for p in points],
         "fit": None if fit is None else asdict(fit),
     }
@@ -613,7 +626,10 @@ def run_efficiency(cfg: EfficiencyConfig, out_dir: Path | None = None) -> dict[s
         "environment": environment(device),
         "synthetic_embeddings": SYNTHETIC_NOTE,
         "flop_convention": FLOP_NOTE,
-        "online_stage": "psbench.engine.topk (method.similarity in blocks + exact top-k); text tower excluded",
+        "online_stage": (
+            "psbench.engine.topk (method.similarity in blocks + exact top-k; each method's topk_path says "
+            "whether the bfloat16 prefilter ran); text tower excluded"
+        ),
         "methods": methods,
         "xpool_vs_promptswitch": ratio_table(methods),
         "wall_seconds": time.time() - started,

@@ -108,6 +108,16 @@ class RetrievalMethod(nn.Module, ABC):
         """(Q, N) cosine scores; default: dot product of normalised vectors."""
         return text["text"] @ video["video"].t()  # (Q, D) @ (D, N) -> (Q, N)
 
+    def inner_product_operands(self, text: Encoded, video: Encoded) -> tuple[Tensor, Tensor] | None:
+        """(A (Q, D), B (N, D)) with ``similarity(text, video) == A @ B.T``, or None if it is not one.
+
+        The default ``similarity`` qualifies; a subclass that overrides ``similarity`` opts out unless
+        it overrides this too. ``engine.topk`` uses it for its exact bfloat16 prefilter.
+        """
+        if type(self).similarity is not RetrievalMethod.similarity:
+            return None
+        return text["text"], video["video"]
+
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Symmetric InfoNCE over the batch; returns {"loss": total, ...components}.
 

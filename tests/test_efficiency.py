@@ -61,6 +61,7 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
         assert txt["flops_per_query_fvcore"] == pytest.approx(txt["flops_per_query_closed_form"], rel=0.03)
         assert txt["query_set_extrapolated"] and txt["queries_timed"] == 4
         assert onl["flops_per_pair_fvcore"] > 0 and onl["flops_per_pair_closed_form"] > 0
+        assert onl["topk_path"] in eff.TOPK_PATHS.values()
         sizes = [p["gallery"] for p in res["points"]]
         assert sizes == ([250, 500, 1000] if name in ("xpool", "promptswitch") else [250, 1000])
         for p in res["points"]:
@@ -71,6 +72,7 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
         assert res["fit"]["points_used"] == len(sizes)
     assert on_disk["methods"]["meanpool"]["offline"]["encoded"] == {"video": {"shape": [64], "dtype": "float32"}}
     assert set(on_disk["methods"]["xpool"]["offline"]["encoded"]) == {"frames", "mask", "keys", "values"}
+    assert on_disk["methods"]["xpool"]["online"]["topk_path"] == eff.TOPK_PATHS[False]  # not an inner product
     ratios = on_disk["xpool_vs_promptswitch"]
     assert [r["gallery"] for r in ratios] == [250, 500, 1000] and all(r["ratio"] > 0 for r in ratios)
 

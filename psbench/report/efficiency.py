@@ -72,6 +72,13 @@ def setting(data: dict[str, Any]) -> str:
     )
 
 
+def topk_path_label(path: str | None) -> str:
+    """Short name of the engine's top-k path (older results did not record it)."""
+    if not path:
+        return DASH
+    return "bf16 prefilter + fp32 rescore" if path.startswith("bfloat16 prefilter") else "fp32 every pair"
+
+
 def stage_table(data: dict[str, Any]) -> Table:
     rows = []
     for name, res in data["methods"].items():
@@ -86,6 +93,7 @@ def stage_table(data: dict[str, Any]) -> Table:
                     seconds(text.get("latency_per_query_s")),
                     count(text.get("flops_per_query_closed_form"), "FLOP"),
                     count(online.get("flops_per_pair_closed_form"), "FLOP"),
+                    topk_path_label(online.get("topk_path")),
                 ]
             )
         )
@@ -97,6 +105,7 @@ def stage_table(data: dict[str, Any]) -> Table:
         "text encoding\nper query",
         "text encoding\nFLOPs / query",
         "similarity\nFLOPs / pair",
+        "top-k path",
     ]
     notes = [
         "Latencies are medians of repeated timings. FLOPs: closed form, 2 x multiply-adds. "
