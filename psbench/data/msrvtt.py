@@ -83,14 +83,19 @@ def _read_train_ids(ids_csv: Path) -> list[str]:
     return ids
 
 
-def _read_sentences(data_json: Path) -> list[dict[str, Any]]:
-    data_json = Path(data_json)
+def read_annotation_json(path: Path) -> Any:
+    """The parsed JSON of an annotation file; AnnotationError naming the file (and line) if it is not."""
+    path = Path(path)
     try:
-        data = json.loads(data_json.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise AnnotationError(f"{data_json} line {err.lineno}: invalid JSON ({err.msg})") from err
+        raise AnnotationError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
     except UnicodeDecodeError as err:
-        raise AnnotationError(f"{data_json}: not valid UTF-8 text ({err})") from err
+        raise AnnotationError(f"{path}: not valid UTF-8 text ({err})") from err
+
+
+def _read_sentences(data_json: Path) -> list[dict[str, Any]]:
+    data = read_annotation_json(data_json)
     sentences = data.get("sentences") if isinstance(data, dict) else None
     if not isinstance(sentences, list):
         raise AnnotationError(f"{data_json}: expected an object with a 'sentences' list")

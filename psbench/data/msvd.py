@@ -10,10 +10,9 @@ every listed video, grouped by video in list order (test: 27,763 captions). A ma
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from psbench.data.msrvtt import video_path
+from psbench.data.msrvtt import read_annotation_json, video_path
 from psbench.data.paths import AnnotationError, safe_video_id
 from psbench.data.split import Caption, RetrievalSplit
 
@@ -49,12 +48,7 @@ def read_video_list(path: Path) -> list[str]:
 def read_msvd_captions(path: Path) -> dict[str, list[str]]:
     """``{video_id: [caption, ...]}``; every value must be a non-empty list of non-empty strings."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
-    except UnicodeDecodeError as err:
-        raise AnnotationError(f"{path}: not valid UTF-8 text ({err})") from err
+    data = read_annotation_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected an object {{video_id: [caption, ...]}}")
     for vid, caps in data.items():
