@@ -199,7 +199,7 @@ def score_matrix(
 
 
 # -- exact top-k -----------------------------------------------------------------------------------------
-def _blocktopk_keys(scores: Tensor, offset: int, k: int) -> Tensor:
+def _block_topk_keys(scores: Tensor, offset: int, k: int) -> Tensor:
     """Exact top-k keys of one (q, v) score block whose first column is gallery index ``offset``.
 
     A float ``torch.topk`` for k + 1 finds the right set whenever the k-th and (k+1)-th values
@@ -289,7 +289,7 @@ def topk(
                 v1 = min(v0 + block_videos, n)
                 video_block = encoded_to(slice_encoded(video, v0, v1), device)
                 scores = _similarity_block(method, text_block, video_block)  # (q, v)
-                block_best = _blocktopk_keys(scores, v0, k)  # (q, <=k)
+                block_best = _block_topk_keys(scores, v0, k)  # (q, <=k)
                 best = topk_keys(torch.cat([best.to(scores.device), block_best], dim=1), k)  # (q, <=k)
             values, indices = unpack_keys(best.cpu())
             out_scores.append(values)
