@@ -9,9 +9,10 @@ efficiency benchmark times these same two functions: there is no separate benchm
 Top-k is exact and deterministic: ties are broken by the lower gallery index. Each (score, index)
 pair is packed into one int64 sort key (order-preserving float32 bits in the high word, the
 complemented index in the low word), so every key is unique and ``torch.topk`` over keys has one
-correct answer, whatever the block layout or shard split. Keys are packed only for each block's
-k + 1 best candidates (and for whole rows only when a tie straddles the k-th place), so the cost is
-that of one float ``torch.topk`` per block.
+correct answer, whatever the block layout or shard split. Keys are packed only for the scores that
+can still enter the top-k: on CPU those at or above a per-row threshold bounded from group maxima
+(one pass over the block, no sort), on CUDA each block's k + 1 best from one float ``torch.topk``
+(whole rows only when a tie straddles the k-th place).
 
 For inner-product methods on CPUs with native bfloat16 dot products, ``topk`` by default rules out
 most of the gallery with a bfloat16 matmul and a proven error bound, then rescores the survivors in
@@ -28,7 +29,14 @@ import torch
 from torch import Tensor
 
 from psbench.method import Encoded, RetrievalMethod
-from psbench.prefilter import bf16_matmul_is_fast, inner_product_topk_keys, operands_are_eligible
+from psbench.prefilter import (
+    bf16_matmul_is_fast,
+    block_candidates,
+    inner_product_topk_keys,
+    operands_are_eligible,
+    ragged_to_dense_keys,
+    running_kth,
+)
 from psbench.sortkeys import MAX_INDEX, sort_keys, topk_keys, unpack_keys
 
 log = logging.getLogger(__name__)
@@ -220,6 +228,20 @@ def _block_topk_keys(scores: Tensor, offset: int, k: int) -> Tensor:
     return topk_keys(keys, k)  # sorted by (score desc, index asc)
 
 
+def _candidate_keys(scores: Tensor, best: Tensor, offset: int, k: int) -> Tensor:
+    """Keys (q, w) of the exact scores of one block that can still enter the running top-k ``best``.
+
+    Group maxima bound each row's k-th best from below (see ``prefilter.block_candidates``), so only
+    a few scores per row are packed into keys; rows are padded with the lowest key. Same result as
+    :func:`_block_topk_keys`, without a ``torch.topk`` over the whole block (CPU; on CUDA the
+    data-dependent sizes would synchronise every block).
+    """
+    q = scores.shape[0]
+    exact = torch.zeros(q, device=scores.device)  # (q,) no error on exact scores
+    rows, cols = block_candidates(scores, running_kth(best, k), exact, k)  # (c,), (c,)
+    return ragged_to_dense_keys(rows, sort_keys(scores[rows, cols], cols + offset), q)  # (q, w)
+
+
 PREFILTERS = ("auto", "bf16", "off")
 
 
@@ -289,8 +311,12 @@ def topk(
                 v1 = min(v0 + block_videos, n)
                 video_block = encoded_to(slice_encoded(video, v0, v1), device)
                 scores = _similarity_block(method, text_block, video_block)  # (q, v)
-                block_best = _block_topk_keys(scores, v0, k)  # (q, <=k)
-                best = topk_keys(torch.cat([best.to(scores.device), block_best], dim=1), k)  # (q, <=k)
+                best = best.to(scores.device)
+                if scores.device.type == "cpu":
+                    block_best = _candidate_keys(scores, best, v0, k)  # (q, w) padded
+                else:
+                    block_best = _block_topk_keys(scores, v0, k)  # (q, <=k)
+                best = topk_keys(torch.cat([best, block_best], dim=1), k)  # (q, <=k)
             values, indices = unpack_keys(best.cpu())
             out_scores.append(values)
             out_indices.append(indices)

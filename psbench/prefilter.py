@@ -74,10 +74,11 @@ def _group_size(block: int, k: int) -> int:
 
 
 def block_candidates(approx: Tensor, threshold_from_running: Tensor, err: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(rows, local columns) of one approximate score block that may still enter the top-k.
+    """(rows, local columns) of one score block that may still enter the top-k, rows ascending.
 
-    approx: (q, v) bfloat16 scores; threshold_from_running: (q,) exact running k-th best (-inf if
-    fewer than k yet); err: (q,) score error bound. Rows are returned in ascending order.
+    approx: (q, v) scores, bfloat16 approximations or exact float32; threshold_from_running: (q,)
+    exact running k-th best (-inf if fewer than k yet); err: (q,) bound on |approx - exact| (zeros
+    for exact scores). Every column not returned is provably outside the top-k.
     """
     q, v = approx.shape
     size = _group_size(v, k)
@@ -107,10 +108,10 @@ def ragged_to_dense_keys(rows: Tensor, keys: Tensor, num_rows: int) -> Tensor:
     """Keys grouped by ascending ``rows`` -> (num_rows, widest row) int64, padded with the lowest key."""
     counts = torch.bincount(rows, minlength=num_rows)  # (q,)
     width = int(counts.max()) if rows.numel() else 0
-    dense = torch.full((num_rows, width), PADDING_KEY, dtype=torch.int64)  # (q, w)
+    dense = torch.full((num_rows, width), PADDING_KEY, dtype=torch.int64, device=rows.device)  # (q, w)
     if rows.numel():
         starts = torch.cumsum(counts, 0) - counts  # (q,)
-        position = torch.arange(rows.numel()) - starts[rows]  # (c,)
+        position = torch.arange(rows.numel(), device=rows.device) - starts[rows]  # (c,)
         dense[rows, position] = keys
     return dense
 
@@ -137,10 +138,10 @@ def running_kth(best: Tensor, k: int) -> Tensor:
     """(q,) exact k-th best score so far, -inf for rows with fewer than k real entries."""
     q = best.shape[0]
     if best.shape[1] < k:
-        return torch.full((q,), float("-inf"))
+        return torch.full((q,), float("-inf"), device=best.device)
     kth = best[:, k - 1]  # (q,)
     values, _ = unpack_keys(kth[:, None])
-    return torch.where(kth == PADDING_KEY, torch.tensor(float("-inf")), values[:, 0])
+    return torch.where(kth == PADDING_KEY, float("-inf"), values[:, 0])
 
 
 def inner_product_topk_keys(

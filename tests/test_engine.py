@@ -219,3 +219,31 @@ def test_score_matrix_rejects_bad_similarity_shape_and_block_size() -> None:
         score_matrix(ToyMeanPool(), text, video, block_videos=0)
     with pytest.raises(ValueError, match="k must be"):
         topk(ToyMeanPool(), text, video, 5)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 40])
+def test_candidate_filter_equals_block_topk(k: int) -> None:
+    """The CPU group-maximum filter and the CUDA path's per-block torch.topk keep the same keys."""
+    from psbench.engine import _block_topk_keys, _candidate_keys
+    from psbench.sortkeys import topk_keys
+
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 6, (9, 300), generator=gen).float() / 4  # (q, v) many exact ties
+    scores[2, 17] = -0.0
+    running = torch.empty(9, 0, dtype=torch.int64)
+    via_topk = _block_topk_keys(scores, 1000, k)
+    via_filter = topk_keys(_candidate_keys(scores, running, 1000, k), k)
+    assert torch.equal(via_filter, via_topk)
+    # with a running top-k from an earlier block, only keys that can still enter are kept
+    earlier = _block_topk_keys(scores.flip(1) + 0.5, 0, k)
+    merged_filter = topk_keys(torch.cat([earlier, _candidate_keys(scores, earlier, 1000, k)], dim=1), k)
+    merged_topk = topk_keys(torch.cat([earlier, via_topk], dim=1), k)
+    assert torch.equal(merged_filter, merged_topk)
+
+
+def test_topk_rejects_nan_scores() -> None:
+    text, video = {"text": torch.ones(2, D)}, {"video": torch.ones(50, D)}
+    video["video"][31, 0] = float("nan")
+    for prefilter in ("off", "bf16"):
+        with pytest.raises(ValueError, match="NaN"):
+            topk(ToyMeanPool(), text, video, 3, block_queries=2, block_videos=16, prefilter=prefilter)
