@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psbench import cpu_linear
 from psbench.backbone import frame_features
 from psbench.method import METHODS, Encoded, RetrievalMethod, l2_normalize
 
@@ -165,7 +165,7 @@ class XPoolHead(nn.Module):
         if self.dropout.p > 0 and self.training:
             return self.ln3(r + self.dropout(self.linear(r)))  # (Nb, Qb, D)
         # no dropout: r + (W_l r + b_l) = (I + W_l) r + b_l, one GEMM instead of a GEMM and an add pass
-        return self.ln3(F.linear(r, self.residual_weight(), self.linear.bias))  # (Nb, Qb, D)
+        return self.ln3(cpu_linear.linear(r, self.residual_weight(), self.linear.bias))  # (Nb, Qb, D)
 
     def residual_weight(self) -> Tensor:
         """I + W_l (D, D): the residual folded into the last projection (used when dropout is off)."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psbench import cpu_linear
 from psbench.distributed import gather_encoded
 from psbench.registry import Registry
 
@@ -105,8 +106,8 @@ class RetrievalMethod(nn.Module, ABC):
         """frames (N, F, 3, H, W), mask (N, F) -> Encoded with leading dim N. Never sees text."""
 
     def similarity(self, text: Encoded, video: Encoded) -> Tensor:
-        """(Q, N) cosine scores; default: dot product of normalised vectors."""
-        return text["text"] @ video["video"].t()  # (Q, D) @ (D, N) -> (Q, N)
+        """(Q, N) cosine scores; default: dot product of normalised vectors (oneDNN on CPU at inference)."""
+        return cpu_linear.linear(text["text"], video["video"])  # (Q, D) @ (D, N) -> (Q, N)
 
     def inner_product_operands(self, text: Encoded, video: Encoded) -> tuple[Tensor, Tensor] | None:
         """(A (Q, D), B (N, D)) with ``similarity(text, video) == A @ B.T``, or None if it is not one.
