@@ -1,0 +1,46 @@
+"""The side-by-side benchmark scripts run end to end at toy sizes, and the fp32 peak takes the best backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from psbench import cpu_linear
+from psbench.matmul_peak import fp32_matmul_peak
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fp32_peak_is_the_best_backend() -> None:
+    peak = fp32_matmul_peak(size=128, warmup=1, repeats=2)
+    backends = peak["by_backend"]
+    assert {"torch", "numpy"} <= set(backends)
+    assert ("onednn" in backends) is cpu_linear.onednn_fp32_available()
+    assert peak["gflops"] == max(row["gflops"] for row in backends.values()) > 0
+    assert backends[peak["backend"]]["gflops"] == peak["gflops"]
+
+
+def run_script(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_topk_vs_faiss_runs_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "topk.json"
+    script = "benchmarks/topk_vs_faiss.py"
+    run_script(script, "--queries", "20", "--gallery", "3000", "--dim", "32", "--matmul-size", "128", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["paths_same_topk_fraction"] == 1.0  # both engine paths return the same exact top-k
+    assert result["engine_topk_float32"]["prefilter"] == "off"
+    assert result["float32_path_ratio_to_peak"] > 0 and result["default_path_ratio_to_peak"] > 0
+    if result["faiss"]["available"]:
+        assert result["topk_equal_to_faiss_fraction"] == {"off": 1.0, "auto": 1.0}
+
+
+def test_xpool_similarity_runs_at_toy_size() -> None:
+    script = "benchmarks/xpool_similarity.py"
+    stdout = run_script(script, "--queries", "8", "--videos", "300", "--matmul-size", "128", "--no-mlock")
+    assert "ratio to matmul peak" in stdout and "peak extra RSS" in stdout
