@@ -126,7 +126,7 @@ def efficiency(
     ),
     budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds per (method, N) point.")] = 60.0,
     max_gallery_gib: Annotated[
-        float | None, typer.Option(help="Largest synthetic gallery kept in memory (default min(8, free/2)).")
+        float | None, typer.Option(help="Largest synthetic gallery kept in memory (default min(8, available/2)).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Top-k kept per query.")] = 10,
     repeats: Annotated[int, typer.Option(help="Timed repeats per point (after warm-up).")] = 3,

@@ -69,7 +69,7 @@ class EfficiencyConfig:
     points_per_decade: int = 2
     ratio_galleries: tuple[int, ...] = (1000, 10_000, 100_000)
     budget_s: float = 60.0
-    max_gallery_bytes: int | None = None  # None: min(8 GiB, half the free memory of the device)
+    max_gallery_bytes: int | None = None  # None: min(8 GiB, half the available memory of the device)
     device: str = "cpu"
     dtype: str = "fp32"
     k: int = 10
@@ -251,12 +251,22 @@ class PeakMemory:
         self.peak_bytes = max(0, int(peak - self._base))
 
 
+def available_host_memory() -> int:
+    """Bytes the OS can hand out now: ``MemAvailable`` (free + reclaimable page cache), else free pages."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def default_gallery_cap(device: torch.device) -> int:
-    """min(8 GiB, half the free memory) of the device that holds the gallery."""
+    """min(8 GiB, half the available memory) of the device that holds the gallery."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = available_host_memory()
     return int(min(8 * 2**30, free // 2))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import time
 from pathlib import Path
 
@@ -176,3 +177,14 @@ def test_efficiency_on_gpu(tmp_path: Path) -> None:
         assert all(p["status"] == "measured" for p in res["points"])
         assert res["points"][0]["extra"]["peak_memory_method"] == "torch.cuda.max_memory_allocated"
         assert res["online"]["gallery_device"].startswith("cuda")
+
+
+def test_gallery_cap_counts_reclaimable_page_cache() -> None:
+    """The default cap is half of MemAvailable (free + reclaimable cache), never more than 8 GiB."""
+    available = eff.available_host_memory()
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available <= total
+    assert available >= 0.9 * free_pages  # page cache only adds to what is free
+    expected = min(8 * 2**30, available // 2)
+    assert eff.default_gallery_cap(torch.device("cpu")) == pytest.approx(expected, rel=0.1)  # memory moves
