@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from psbench import cpu_linear
+from psbench.prefilter import bf16_matmul_is_fast
+
 METRICS_SCHEMA_VERSION = 1
 
 
@@ -116,6 +119,16 @@ def git_info(cwd: Path | None = None) -> dict[str, Any]:
         return {"sha": "unknown", "dirty": None}
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``, else "cpu"."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions, device and code revision, recorded in every run."""
     import av
@@ -131,8 +144,12 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "ffmpeg": {k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
         "cuda": torch.version.cuda,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_fp32_inference_products": (
+            "oneDNN (psbench.cpu_linear)" if cpu_linear.onednn_fp32_available() else "torch default BLAS"
+        ),
+        "cpu_native_bf16": bf16_matmul_is_fast(torch.device("cpu")),
         "git": git_info(),
     }
     return env

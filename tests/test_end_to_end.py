@@ -27,7 +27,8 @@ def test_run_writes_complete_record_and_reevaluates(tiny_synthetic: Path, tmp_pa
     config = json.loads((run_dir / "config.json").read_text())
     assert config["hashes"]["protocol"] == cfg.protocol_hash()
     env = json.loads((run_dir / "environment.json").read_text())
-    assert {"python", "torch", "open_clip", "git"} <= set(env)
+    assert {"python", "torch", "open_clip", "git", "cpu_fp32_inference_products", "cpu_native_bf16"} <= set(env)
+    assert env["device_name"]  # the CPU model where /proc/cpuinfo has one
     ranks = json.loads((run_dir / "ranks.json").read_text())
     assert len(ranks["t2v"]["greater"]) == metrics["num_queries"]
 
