@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib
 import logging
 import math
@@ -184,17 +185,23 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``); None elsewhere."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_heap() -> bool:
     """Hand the C heap's free pages back to the OS (glibc ``malloc_trim(0)``); False where unavailable.
 
     Without it, memory that was freed earlier but is still resident can be reused by the next
     allocation without raising RSS, and an RSS-based peak would under-count.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return False
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)

@@ -16,8 +16,9 @@ can still enter the top-k: on CPU those at or above a per-row threshold bounded 
 
 For inner-product methods on CPUs with native bfloat16 dot products, ``topk`` by default rules out
 most of the gallery with a bfloat16 matmul and a proven error bound, then rescores the survivors in
-float32 (``psbench.prefilter``): the same exact top-k, about twice as fast. ``prefilter="off"``
-scores every pair in float32.
+float32 (``psbench.prefilter``): the same exact top-k, faster (0.21 s against 0.28 s for 1,000
+queries x 100,000 videos x 512 on the 2-core development machine). ``prefilter="off"`` scores
+every pair in float32.
 """
 
 from __future__ import annotations
@@ -293,12 +294,12 @@ def topk(
         raise ValueError(f"k must be in [1, {n}] (the gallery size), got {k}")
     if n - 1 > MAX_INDEX:
         raise ValueError(f"gallery of {n} items exceeds the top-k index limit {MAX_INDEX + 1}")
+    video_starts = _blocks(n, block_videos, "block_videos")
     out_scores, out_indices = [], []
     with torch.inference_mode():
         for q0 in _blocks(q, block_queries, "block_queries"):
             q1 = min(q0 + block_queries, q)
             text_block = encoded_to(slice_encoded(text, q0, q1), device)
-            _blocks(n, block_videos, "block_videos")  # validates the block size
             operands = prefilter_operands(method, text_block, video, k, block_videos, device, prefilter)
             if operands is not None:
                 keys = inner_product_topk_keys(*operands, k, block_videos)  # (q, k)
@@ -307,7 +308,7 @@ def topk(
                 out_indices.append(indices)
                 continue
             best = torch.empty(q1 - q0, 0, dtype=torch.int64, device=device)  # (q, <=k) running keys
-            for v0 in _blocks(n, block_videos, "block_videos"):
+            for v0 in video_starts:
                 v1 = min(v0 + block_videos, n)
                 video_block = encoded_to(slice_encoded(video, v0, v1), device)
                 scores = _similarity_block(method, text_block, video_block)  # (q, v)

@@ -144,13 +144,9 @@ def running_kth(best: Tensor, k: int) -> Tensor:
     return torch.where(kth == PADDING_KEY, float("-inf"), values[:, 0])
 
 
-def inner_product_topk_keys(
-    a: Tensor,
-    b: Tensor,
-    k: int,
-    block_videos: int,
-) -> Tensor:
+def inner_product_topk_keys(a: Tensor, b: Tensor, k: int, block_videos: int) -> Tensor:
     """Exact top-k sort keys (q, k) of ``a @ b.T`` for float32 CPU ``a`` (q, D) and ``b`` (n, D).
+
     Keys are ``psbench.sortkeys`` keys, so ordering and tie rules are those of the plain path.
     """
     q, dim = a.shape
