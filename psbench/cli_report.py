@@ -38,6 +38,14 @@ def register(app: typer.Typer) -> None:
             list[Path] | None,
             typer.Option("--efficiency", "-e", help="efficiency.json or its directory (repeatable)."),
         ] = None,
+        cross_machine: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--cross-machine",
+                help="Runs of the same protocol made on another machine (repeatable): shown beside this "
+                "report's numbers in an 'across machines' table, never merged into its rows.",
+            ),
+        ] = None,
         pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also render report.pdf.")] = True,
         resamples: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.", min=100)] = 2000,
         permutations: Annotated[int, typer.Option(help="Sign-flip permutations per test.", min=100)] = 5000,
@@ -56,6 +64,7 @@ def register(app: typer.Typer) -> None:
                 pdf,
                 StatsConfig(resamples=resamples, permutations=permutations, seed=seed),
                 title,
+                cross_machine or [],
             )
         except (FileNotFoundError, ValueError) as exc:
             err.print(f"[bold red]error:[/] {exc}")

@@ -129,6 +129,16 @@ def cpu_model_name() -> str:
     return platform.processor() or "cpu"
 
 
+#: environment variables that select other CPU kernels on the same machine (recorded in every run)
+KERNEL_ENV_VARS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_kernels() -> dict[str, Any]:
+    """The vectorised kernels torch picked on this CPU, and any environment variable that chose other ones."""
+    overrides = {k: os.environ[k] for k in KERNEL_ENV_VARS if k in os.environ}
+    return {"aten": torch.backends.cpu.get_cpu_capability(), "overrides": overrides}
+
+
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions, device and code revision, recorded in every run."""
     import av
@@ -150,6 +160,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
             "oneDNN (psbench.cpu_linear)" if cpu_linear.onednn_fp32_available() else "torch default BLAS"
         ),
         "cpu_native_bf16": bf16_matmul_is_fast(torch.device("cpu")),
+        "cpu_kernels": cpu_kernels(),
         "git": git_info(),
     }
     return env

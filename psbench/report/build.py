@@ -14,6 +14,7 @@ from psbench.report import collect, tables
 from psbench.report.compare import all_comparisons
 from psbench.report.document import Bullets, Document, Figure, Heading, Paragraph
 from psbench.report.efficiency import efficiency_blocks
+from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.figures import recall_ci_plot, training_curves
 from psbench.report.markdown import render_markdown
 from psbench.report.quality import StatsConfig, group_quality
@@ -56,12 +57,19 @@ def _method_notes(cfg: StatsConfig) -> Bullets:
 
 
 def _protocol_section(
-    protocol: str, groups: list[collect.Group], cfg: StatsConfig, out: Path, doc: Document, figures: list[Path]
+    protocol: str,
+    groups: list[collect.Group],
+    cfg: StatsConfig,
+    out: Path,
+    doc: Document,
+    figures: list[Path],
+    other_machine: list[collect.Run],
 ) -> None:
     qualities = [group_quality(g, cfg) for g in groups]
     references, source = references_for(protocol, groups)
     versions = sorted({str(r.metrics.get("protocol_version")) for g in groups for r in g.runs})
     doc.add(Heading(f"Protocol {protocol} (version {', '.join(versions)})", 2))
+    doc.add(machines_paragraph(protocol, [r for g in groups for r in g.runs]))
     for direction in collect.DIRECTIONS:
         doc.add(tables.quality_table(protocol, direction, qualities, references, source, cfg.level))
     plot = recall_ci_plot(protocol, qualities, references, out)
@@ -78,6 +86,9 @@ def _protocol_section(
         comparisons, notes = all_comparisons(groups, direction, cfg)
         if comparisons or notes:
             doc.add(tables.comparison_table(protocol, direction, comparisons, notes))
+    cross = cross_machine_table(protocol, groups, other_machine) if other_machine else None
+    if cross is not None:
+        doc.add(Heading(f"{protocol}: across machines", 3), cross)
     doc.add(Heading(f"{protocol}: temporal diagnostics", 3))
     order = tables.order_accuracy_table(protocol, groups)
     frame = tables.frame_order_table(protocol, groups)
@@ -120,8 +131,13 @@ def assemble(
     efficiency: Iterable[Path] = (),
     stats: StatsConfig | None = None,
     title: str = "psbench report",
+    cross_machine: Iterable[Path] = (),
 ) -> Assembled:
-    """Collect runs, compute every table and write the PNG figures into ``out``; render nothing yet."""
+    """Collect runs, compute every table and write the PNG figures into ``out``; render nothing yet.
+
+    ``cross_machine``: runs of the same protocols made on another machine; they appear only in each
+    protocol's "across machines" table, never in its rows.
+    """
     cfg = stats or StatsConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +150,7 @@ def assemble(
         wanted = f" for protocol(s) {', '.join(protocols)}" if protocols else ""
         raise FileNotFoundError(f"no finished runs (directories with metrics.json){wanted} under {where}")
     groups, conflicts = collect.group_runs(runs)
+    other_machine = collect.load([Path(p) for p in cross_machine], protocols) if cross_machine else []
     problems = [p for run in runs for p in collect.check_recorded_metrics(run)]
     for problem in problems:
         log.warning(problem)
@@ -150,7 +167,7 @@ def assemble(
     for group in groups:
         by_protocol.setdefault(group.protocol, []).append(group)
     for protocol, members in by_protocol.items():
-        _protocol_section(protocol, members, cfg, out, doc, figures)
+        _protocol_section(protocol, members, cfg, out, doc, figures, other_machine)
     if efficiency:
         blocks = efficiency_blocks(efficiency, out)
         figures.extend(b.path for b in blocks if isinstance(b, Figure))
@@ -173,10 +190,11 @@ def build_report(
     pdf: bool = True,
     stats: StatsConfig | None = None,
     title: str = "psbench report",
+    cross_machine: Iterable[Path] = (),
 ) -> ReportResult:
     """Write ``report.md``, ``report.pdf`` (unless ``pdf`` is False) and the PNG figures into ``out``."""
     out = Path(out)
-    content = assemble(runs_dirs, out, protocols, efficiency, stats, title)
+    content = assemble(runs_dirs, out, protocols, efficiency, stats, title, cross_machine)
     markdown_path = out / "report.md"
     atomic_write_text(markdown_path, render_markdown(content.document, out))
     pdf_path, pages = None, 0
