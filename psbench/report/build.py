@@ -14,8 +14,8 @@ from psbench.report import collect, tables
 from psbench.report.compare import all_comparisons
 from psbench.report.document import Bullets, Document, Figure, Heading, Paragraph
 from psbench.report.efficiency import efficiency_blocks
-from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.figures import recall_ci_plot, training_curves
+from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.markdown import render_markdown
 from psbench.report.quality import StatsConfig, group_quality
 from psbench.report.references import references_for

@@ -111,7 +111,7 @@ def cross_machine_table(protocol: str, primary: list[Group], other_runs: list[Ru
 
 
 def _ablation_signs(primary: list[Group], other: dict[tuple[Any, ...], Group]) -> list[str]:
-    """One note per Prompt Switch ablation: full minus ablation (t2v R@1) on each machine, and whether the sign holds."""
+    """Per Prompt Switch ablation: full minus ablation (t2v R@1) on each machine, and whether the sign holds."""
     full = [g for g in primary if g.method == "promptswitch" and not g.zero_shot and not g.variant]
     if not full:
         return []
