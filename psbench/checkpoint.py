@@ -113,8 +113,10 @@ def load_torch_file(path: str | Path, trust: bool = False, what: str = "weights 
             raise UntrustedCheckpointError(
                 f"{path} holds pickled objects other than tensors ({reason}); {TRUST_HINT}"
             ) from None
-    except (EOFError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        detail = torch_refusal_reason(exc) if str(exc).strip() else "unexpected end of file"
+    except Exception as exc:  # noqa: BLE001 - torch.load of foreign bytes fails with any exception type
+        detail = torch_refusal_reason(exc) if str(exc).strip() else f"{type(exc).__name__}, no message"
+        if isinstance(exc, EOFError) and not str(exc).strip():
+            detail = "unexpected end of file"
         raise CheckpointFormatError(
             f"{path} is not a readable {what} (truncated or not written by torch.save): {detail}"
         ) from None

@@ -203,8 +203,10 @@ class RunRecord:
 def _read(path: Path) -> Any:
     try:
         return read_json(path)
-    except (OSError, ValueError) as exc:
-        raise RunRecordError(f"cannot read run record {path}: {exc}") from exc
+    except ValueError as exc:  # JsonFileError: names the file, line and column
+        raise RunRecordError(str(exc)) from None
+    except OSError as exc:
+        raise RunRecordError(f"cannot read run record {path}: {exc.strerror or exc}") from None
 
 
 def open_run(run_dir: str | Path, trust_checkpoint: bool = False) -> RunRecord:
