@@ -194,3 +194,27 @@ def test_one_error_for_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
         result = cli.invoke(app, args, terminal_width=400)
         flat = "".join(result.output.split())  # however the console wrapped the path
         assert result.exit_code == 2 and f"{tmp_path}isnotarundirectory(hasnoconfig.json)" in flat, args
+
+
+def test_benchmark_never_reuses_a_run_on_other_weights(tmp_path: Path) -> None:
+    from psbench.benchmark import PlannedRun, run_benchmark
+    from psbench.runs import atomic_write_json, create_run_dir
+
+    calls: list[str] = []
+
+    def fake(weights: str):
+        def run_one(cfg) -> Path:  # noqa: ANN001
+            calls.append(weights)
+            d = create_run_dir(tmp_path, cfg.protocol, cfg.method, cfg.seed)
+            hashes = {"protocol": cfg.protocol_hash(), "weights": weights}
+            atomic_write_json(d / "metrics.json", {"method": cfg.method, "seed": cfg.seed, "hashes": hashes})
+            return d
+
+        return run_one
+
+    planned = [PlannedRun("meanpool", 0, (("train.epochs", 0),))]
+    first = run_benchmark("synthetic", tmp_path, fake("aaaa"), planned, weights_of=lambda cfg: "aaaa")
+    again = run_benchmark("synthetic", tmp_path, fake("aaaa"), planned, weights_of=lambda cfg: "aaaa")
+    assert calls == ["aaaa"] and again == first  # same weights: the finished run is reused
+    other = run_benchmark("synthetic", tmp_path, fake("bbbb"), planned, weights_of=lambda cfg: "bbbb")
+    assert calls == ["aaaa", "bbbb"] and other != first  # other weights: run again, never reused
