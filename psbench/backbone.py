@@ -43,7 +43,7 @@ def create_clip(arch: str, weights: str | Path | None = None, trust_checkpoint: 
     original ``ViT-B-32.pt``) loads only with ``trust_checkpoint=True`` (see ``psbench.checkpoint``).
     Without weights the model is randomly initialised (tests; the tiny model before pretraining).
     """
-    from psbench.checkpoint import UntrustedCheckpointError, read_state_dict
+    from psbench.checkpoint import CheckpointFormatError, UntrustedCheckpointError, read_state_dict
 
     if arch not in open_clip.list_models():
         raise BackboneError(f"unknown backbone arch {arch!r}; valid: {', '.join(available_archs())}")
@@ -56,6 +56,8 @@ def create_clip(arch: str, weights: str | Path | None = None, trust_checkpoint: 
             load_state_into(model, read_state_dict(path, trust=trust_checkpoint))
         except UntrustedCheckpointError as exc:
             raise BackboneError(f"refusing to load CLIP weights: {exc}") from None
+        except CheckpointFormatError as exc:  # the message names the file and the reason
+            raise BackboneError(f"could not load CLIP weights: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - re-raised with the file name
             raise BackboneError(f"could not load CLIP weights from {path}: {exc}") from exc
         log.info("loaded CLIP weights %s into %s", path, arch)
@@ -103,7 +105,7 @@ class Tokenizer:
         if max_words > context_length:
             raise ValueError(f"max_words={max_words} exceeds the text context length {context_length}")
         self.max_words, self.context_length = max_words, context_length
-        self._bpe = SimpleTokenizer(context_length=max_words)
+        self._bpe = SimpleTokenizer(bpe_path=str(tokenizer_vocab_path()), context_length=max_words)
 
     @property
     def vocab_size(self) -> int:
@@ -126,6 +128,13 @@ class Tokenizer:
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
         out[:, : self.max_words] = ids
         return out  # (Q, context_length)
+
+
+def tokenizer_vocab_path() -> Path:
+    """The BPE vocabulary file every psbench tokenizer reads (open_clip's bundled one); hashed into each run."""
+    from open_clip.tokenizer import default_bpe
+
+    return Path(default_bpe())
 
 
 def tokenizer_for(model: nn.Module, max_words: int) -> Tokenizer:

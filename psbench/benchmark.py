@@ -53,12 +53,13 @@ def plan(
     return runs
 
 
-def finished_runs(runs_dir: Path) -> dict[tuple[str, int, str], Path]:
-    """(method, seed, protocol hash) -> run directory, for every finished run under ``runs_dir``."""
-    done: dict[tuple[str, int, str], Path] = {}
+def finished_runs(runs_dir: Path, with_weights: bool = False) -> dict[tuple[str, ...], Path]:
+    """(method, seed, protocol hash[, weights sha256]) -> run directory, for every finished run under ``runs_dir``."""
+    done: dict[tuple[str, ...], Path] = {}
     for run_dir in list_runs([runs_dir]):
         m = read_json(run_dir / "metrics.json")
-        done[(m["method"], int(m["seed"]), m["hashes"]["protocol"])] = run_dir
+        key: tuple[Any, ...] = (m["method"], int(m["seed"]), m["hashes"]["protocol"])
+        done[(*key, m["hashes"].get("weights", "unrecorded")) if with_weights else key] = run_dir
     return done
 
 
@@ -68,14 +69,18 @@ def run_benchmark(
     run_one: Callable[[RunConfig], Path],
     planned: list[PlannedRun],
     on_skip: Callable[[PlannedRun, Path], None] | None = None,
+    weights_of: Callable[[RunConfig], str] | None = None,
 ) -> list[Path]:
-    """Run every planned run that has no finished twin (same method, seed and protocol hash)."""
+    """Run every planned run that has no finished twin (same method, seed and protocol hash, and, with
+    ``weights_of`` (config -> weights sha256), the same weights: a run on other weights is never reused)."""
     proto = load_protocol(protocol)
-    done = finished_runs(runs_dir)
+    done = finished_runs(runs_dir, with_weights=weights_of is not None)
     out: list[Path] = []
     for item in planned:
         cfg = resolve(proto, item.method, item.seed, dict(item.sets))
-        key = (item.method, item.seed, cfg.protocol_hash())
+        key: tuple[Any, ...] = (item.method, item.seed, cfg.protocol_hash())
+        if weights_of is not None:
+            key = (*key, weights_of(cfg))
         if key in done:
             log.info("skip %s: finished in %s", item.label, done[key])
             if on_skip:

@@ -71,7 +71,8 @@ def default_protocol_for(dataset: str) -> str:
 
 
 TRUST_HELP = (
-    "Allow CLIP weights that are a general pickle or a TorchScript archive (e.g. OpenAI's original ViT-B-32.pt). "
+    "Allow CLIP weights (e.g. OpenAI's original ViT-B-32.pt) or a run checkpoint that is a general pickle or a "
+    "TorchScript archive. "
     "Unpickling such a file can execute arbitrary code: use only for files from a source you trust; plain "
     "state dicts and .safetensors never need it."
 )
@@ -120,13 +121,16 @@ def run(
 
     try:
         if resume is not None:
-            if method is not None or set_ or seed or all_seeds or protocol is not None or weights is not None:
+            if method is not None or set_ or seed or all_seeds or protocol is not None:
                 _fail(
                     "--resume continues a run with its recorded settings; do not combine it with "
-                    "--method, --protocol, --seed, --set or --weights"
+                    "--method, --protocol, --seed or --set (--data-root and --weights may point at moved "
+                    "files with the recorded hashes)"
                 )
             with RichProgress(console=err_console) as progress:
-                run_dir = resume_run(resume, device, progress, data_root, trust_checkpoint, _command_line())
+                run_dir = resume_run(
+                    resume, device, progress, data_root, trust_checkpoint, _command_line(), weights=weights
+                )
             if distributed.is_main():
                 _print_run(run_dir)
             return
@@ -184,6 +188,9 @@ def _print_run(run_dir: Path) -> None:
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `psbench run`.")],
     data_root: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run used).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="CLIP weights (default: the run's); must have the sha256 the run recorded.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     shuffle_frames: Annotated[bool, typer.Option("--shuffle-frames", help="Shuffle each video's frames.")] = False,
     reverse_frames: Annotated[bool, typer.Option("--reverse-frames", help="Reverse each video's frames.")] = False,
@@ -207,7 +214,13 @@ def eval_(
     try:
         with RichProgress(console=err_console) as progress:
             out = reevaluate(
-                run_dir, data_root, device, progress, frame_order=frame_order, trust_checkpoint=trust_checkpoint
+                run_dir,
+                data_root,
+                device,
+                progress,
+                frame_order=frame_order,
+                trust_checkpoint=trust_checkpoint,
+                weights=weights,
             )
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(str(exc))
@@ -269,18 +282,24 @@ def protocols() -> None:
 def table(
     runs: Annotated[list[Path] | None, typer.Argument(help="Run directories or folders of runs.")] = None,
 ) -> None:
-    """Print the results of finished runs: mean ± std over seeds per protocol and method.
+    """Print the results of finished runs: mean ± std over distinct seeds per protocol, method and inputs.
 
-    Example: `psbench table runs/`
+    Runs with a different protocol hash, test data or CLIP weights (sha256) are separate rows; a seed repeated
+    within a row is an error naming the run directories. Example: `psbench table runs/`
     """
     from psbench.summary import format_cell, load_runs, summarize
 
-    df = summarize(load_runs(runs or [Path("runs")]))
+    try:
+        df = summarize(load_runs(runs or [Path("runs")]))
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     if df.empty:
         _fail("no finished runs found")
     for (protocol, phash), group in df.groupby(["protocol", "protocol_hash"], sort=False):
         t = Table(title=f"{protocol} (protocol hash {phash})")
         t.add_column("method")
+        t.add_column("test data")
+        t.add_column("weights")
         t.add_column("epochs", justify="right")
         t.add_column("seeds", justify="right")
         for d in ("t2v", "v2t"):
@@ -288,7 +307,8 @@ def table(
                 t.add_column(f"{d} {k}", justify="right")
         t.add_column("order acc.", justify="right")
         for _, row in group.iterrows():
-            cells = [row["method"], str(row["epochs"]), str(row["seeds"])]
+            hashes = [str(row["test_data_hash"])[:8], str(row["weights_hash"])[:8]]
+            cells = [row["method"], *hashes, str(row["epochs"]), str(row["seeds"])]
             for d in ("t2v", "v2t"):
                 for k in ("R1", "R5", "R10", "MdR", "MnR"):
                     cells.append(format_cell(row[f"{d}_{k}"], row[f"{d}_{k}_std"], row["seeds"]))

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         from psbench import cli
         from psbench.benchmark import BENCHMARK_METHODS, plan, run_benchmark
         from psbench.progress import RichProgress
+        from psbench.run_record import weights_identity
+        from psbench.runner import resolve_paths
         from psbench.runner import run as run_one
 
         cli._setup_logging(False)
@@ -39,6 +41,10 @@ def register(app: typer.Typer) -> None:
             with RichProgress(console=cli.err_console) as progress:
                 return run_one(cfg, runs_dir, data_root, weights, device, progress, command=cli._command_line())
 
+        def weights_of(cfg):  # noqa: ANN001, ANN202 - the sha256 a run of cfg would record
+            path = resolve_paths(cfg, data_root, weights).weights
+            return "missing" if path is not None and not path.is_file() else weights_identity(path)
+
         try:
             run_benchmark(
                 protocol,
@@ -46,6 +52,7 @@ def register(app: typer.Typer) -> None:
                 one,
                 planned,
                 on_skip=lambda item, path: cli.console.print(f"[dim]done already: {item.label} ({path.name})[/]"),
+                weights_of=weights_of,
             )
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             cli._fail(str(exc))

@@ -8,6 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+_TRUST_HELP = (
+    "Allow CLIP weights or a run checkpoint that is a general pickle or TorchScript archive (as for `psbench run`). "
+    "Unpickling such a file can execute arbitrary code: use only for files from a source you trust."
+)
+
 
 def _cli() -> Any:
     """The main CLI module (imported late: it imports this module to mount the commands)."""
@@ -193,6 +198,7 @@ def index_build(
     out: Annotated[Path, typer.Option(help="Index file to write.")] = Path("index.pt"),
     data_root: Annotated[Path | None, typer.Option(help="Dataset root for a split (default: the run's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Encode a gallery once with a trained run's model (offline stage) and save the index.
@@ -206,7 +212,7 @@ def index_build(
 
     try:
         with RichProgress(console=cli.err_console) as progress:
-            index = build_index(run, videos, data_root, device, progress)
+            index = build_index(run, videos, data_root, device, progress, trust_checkpoint)
         save_index(index, out)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
         cli._fail(str(exc))
@@ -222,6 +228,7 @@ def index_search(
         None
     ),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Search an index with text queries: exact top-k through the engine.
@@ -235,7 +242,7 @@ def index_search(
     try:
         idx = load_index(index)
         run_dir = run or Path(idx.meta.get("run_dir", ""))
-        method, cfg, _ = load_run_method(run_dir)
+        method, cfg, _ = load_run_method(run_dir, trust_checkpoint)
         check_compatible(idx, method, cfg.method)
         method.to(device)
         result = search(idx, method, query, k, device)

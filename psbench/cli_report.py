@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 REPORT_HELP = (
     "Write a Markdown + PDF comparison of finished runs (and optional efficiency results).\n\n"
@@ -71,6 +72,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         for message in result.conflicts:
             err.print(f"[yellow]hash conflict, split into separate rows:[/] {message}")
+        for message in result.repeated_seeds:
+            err.print(f"[yellow]repeated seed, counted once:[/] {escape(message)}", highlight=False)
         for problem in result.problems:
             err.print(f"[yellow]consistency:[/] {problem}")
         console.print(f"{result.runs} run(s) -> {result.markdown}")

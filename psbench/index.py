@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,31 +98,22 @@ def load_index(path: Path) -> VideoIndex:
 
 
 # -- building from a run ----------------------------------------------------------------------------
-def load_run_method(run_dir: Path) -> tuple[RetrievalMethod, Any, dict[str, Any]]:
-    """The trained method of a run directory (selected checkpoint), its RunConfig and config record."""
-    from psbench.protocol import RunConfig
-    from psbench.reevaluate import model_checkpoint
-    from psbench.runner import build_method
-    from psbench.runs import read_json
+def load_run_method(run_dir: Path, trust_checkpoint: bool = False) -> tuple[RetrievalMethod, Any, Any]:
+    """The trained method of a run directory (selected checkpoint), its RunConfig and its RunRecord.
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    record = read_json(run_dir / "config.json")
-    cfg = RunConfig.from_dict(record["config"])
-    method = build_method(cfg, Path(record["weights"]) if record.get("weights") else None)
-    ckpt = model_checkpoint(run_dir)
-    if ckpt is not None:
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            reason = str(exc).splitlines()[0]
-            raise VideoIndexError(f"{ckpt} cannot be loaded with weights_only=True: {reason}") from exc
-        method.load_state_dict(state["model"])
-    elif cfg.train.epochs > 0:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint found (the run did not finish an epoch)")
-    record["checkpoint"] = str(ckpt) if ckpt else None
-    return method.eval(), cfg, record
+    The run is opened with :func:`psbench.run_record.open_run`: the same trust rule (``trust_checkpoint``
+    for the CLIP weights and the run's checkpoint) and the same weights check as ``eval`` and ``--resume``.
+    """
+    from psbench.run_record import open_run
+    from psbench.runner import build_method
+
+    run = open_run(run_dir, trust_checkpoint)
+    cfg = run.config
+    method = build_method(cfg, run.weights_input(), trust_checkpoint)
+    state = run.load_model_state()
+    if state is not None:
+        method.load_state_dict(state)
+    return method.eval(), cfg, run
 
 
 def directory_split(directory: Path) -> Any:
@@ -145,20 +135,22 @@ def build_index(
     data_root: Path | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    trust_checkpoint: bool = False,
 ) -> VideoIndex:
     """Encode a gallery with a run's model: ``videos`` is a directory of video files or a split name
-    of the run's dataset (e.g. ``test``), read under ``data_root`` (default: the run's)."""
+    of the run's dataset (e.g. ``test``), read under ``data_root`` (default: the run's).
+    ``trust_checkpoint`` follows the rule of :func:`load_run_method`."""
     from psbench.data.datasets import load_split
     from psbench.data.loader import GalleryDataset, make_gallery_loader
     from psbench.evaluate import frame_spec
 
     progress = progress or SilentProgress()
-    method, cfg, record = load_run_method(run_dir)
+    method, cfg, run = load_run_method(run_dir, trust_checkpoint)
     method.to(torch.device(device))
     if Path(videos).is_dir():
         split, source = directory_split(Path(videos)), {"directory": str(Path(videos).resolve())}
     else:
-        root = Path(data_root) if data_root else Path(record["data_root"])
+        root = run.data_root_input(data_root)
         split, source = load_split(cfg.data, root, videos), {"split": videos, "data_root": str(root)}
     test = cfg.test
     dataset = GalleryDataset(
@@ -169,9 +161,10 @@ def build_index(
         encoded = engine.encode_gallery(method, loader, device, progress=task.advance)
     meta = {
         "run_dir": str(Path(run_dir).resolve()),
-        "checkpoint": record.get("checkpoint"),
-        "config": record["config"],
-        "protocol_hash": record.get("hashes", {}).get("protocol"),
+        "checkpoint": str(run.selected_checkpoint) if run.selected_checkpoint else None,
+        "config": run.record["config"],
+        "protocol_hash": run.hashes.get("protocol"),
+        "weights_sha256": run.hashes.get("weights"),
         "model_fingerprint": model_fingerprint(method),
         "max_words": test.max_words,
         "frames": test.frames,

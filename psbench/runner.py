@@ -27,6 +27,7 @@ from psbench.evaluate import evaluate_split, frame_spec
 from psbench.method import RetrievalMethod, create_method
 from psbench.progress import Progress, SilentProgress
 from psbench.protocol import RunConfig
+from psbench.run_record import RunInputs, RunRecord, absolute, input_hashes, open_run
 from psbench.runs import (
     METRICS_SCHEMA_VERSION,
     RunDirError,
@@ -36,9 +37,8 @@ from psbench.runs import (
     create_run_dir,
     environment,
     hash_strings,
-    read_json,
 )
-from psbench.train import deterministic_mode, load_resume_state, seed_everything, train
+from psbench.train import deterministic_mode, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,8 @@ except ImportError:  # pragma: no cover - only while the module is being written
     log.debug("psbench.promptswitch not importable")
 
 
-@dataclass
-class RunPaths:
-    data_root: Path
-    weights: Path | None
-
+#: where a run reads its data and weights (absolute paths; recorded in config.json)
+RunPaths = RunInputs
 
 #: ``backbone.weights = "random"`` asks for a randomly initialised backbone on purpose (tests, cost studies)
 RANDOM_WEIGHTS = "random"
@@ -65,12 +62,15 @@ WHERE_TO_GET = (
 
 
 def resolve_paths(cfg: RunConfig, data_root: Path | None, weights: Path | None) -> RunPaths:
-    """Data root: CLI flag, else the protocol default. Weights: CLI flag, else the protocol's (under root)."""
-    root = Path(data_root) if data_root else Path(cfg.data.root)
+    """Data root: CLI flag, else the protocol default. Weights: CLI flag, else the protocol's (under root).
+
+    Both are made absolute here, so the run record does not depend on the directory it was started from.
+    """
+    root = absolute(data_root if data_root else cfg.data.root)
     if weights is None and cfg.backbone.weights and cfg.backbone.weights != RANDOM_WEIGHTS:
         w = Path(cfg.backbone.weights)
         weights = w if w.is_absolute() else root / w
-    return RunPaths(root, Path(weights) if weights else None)
+    return RunPaths(root, absolute(weights) if weights else None)
 
 
 def data_hash(split: RetrievalSplit) -> str:
@@ -154,26 +154,21 @@ def resume(
     data_root: Path | None = None,
     trust_checkpoint: bool = False,
     command: str = "",
+    weights: Path | None = None,
 ) -> Path:
     """Continue an interrupted run from its last checkpoint, in the same directory; return it.
 
-    The run's recorded config, weights and determinism setting are used; a finished run (one with
-    metrics.json) is refused, and so is data that differs from what the run saw.
+    The run's recorded config, inputs and determinism setting are used; ``data_root`` / ``weights``
+    replace the recorded paths (data or weights moved) and must hash to what the run recorded. A finished
+    run (one with metrics.json) is refused.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    if (run_dir / "metrics.json").is_file():
-        raise RunDirError(f"{run_dir} is a finished run (metrics.json exists); there is nothing to resume")
-    record = read_json(run_dir / "config.json")
-    cfg = RunConfig.from_dict(record["config"])
-    paths = RunPaths(
-        Path(data_root) if data_root else Path(record["data_root"]),
-        Path(record["weights"]) if record.get("weights") else None,
-    )
-    deterministic = bool(record.get("determinism", {}).get("deterministic", False))
+    run = open_run(run_dir, trust_checkpoint)
+    if run.finished:
+        raise RunDirError(f"{run.path} is a finished run (metrics.json exists); there is nothing to resume")
+    paths = run.inputs(data_root, weights)
+    deterministic = bool(run.record.get("determinism", {}).get("deterministic", False))
     options = RunOptions(device, deterministic, trust_checkpoint, command, progress)
-    return _execute(cfg, paths, options, resume_dir=run_dir, record=record)
+    return _execute(run.config, paths, options, resumed=run)
 
 
 def _execute(
@@ -181,8 +176,7 @@ def _execute(
     paths: RunPaths,
     opts: RunOptions,
     runs_dir: Path | None = None,
-    resume_dir: Path | None = None,
-    record: dict[str, Any] | None = None,
+    resumed: RunRecord | None = None,
 ) -> Path:
     here = distributed.init_from_env(opts.device)
     dev = distributed.process_device(opts.device)
@@ -204,11 +198,10 @@ def _execute(
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:
         hashes["train_data"] = data_hash(train_split)
-    if resume_dir is not None and record is not None and record["hashes"] != hashes:
-        raise ValueError(
-            f"cannot resume {resume_dir}: the data or protocol differs from what the run saw "
-            f"(recorded hashes {record['hashes']}, now {hashes})"
-        )
+    hashes.update(input_hashes(paths.weights))  # sha256 of the weights file and the tokenizer vocabulary
+    resume_dir = resumed.path if resumed is not None else None
+    if resumed is not None:
+        resumed.check_hashes(hashes, paths)
 
     with deterministic_mode(opts.deterministic) as determinism:
         seed_everything(cfg.seed)
@@ -225,7 +218,9 @@ def _execute(
         train_summary: dict[str, Any] = {"epochs_run": 0, "steps": 0, "selection": "none (zero-shot)"}
         tokenizer_test = backbone.tokenizer_for(method.clip, cfg.test.max_words)
         if train_split is not None:
-            train_summary = _train(cfg, method, train_split, val_split, test_split, run_dir, dev, progress, resume_dir)
+            train_summary = _train(
+                cfg, method, train_split, val_split, test_split, run_dir, dev, progress, resumed=resumed
+            )
         train_seconds = time.time() - started
         method.to(dev)
         evaluation = evaluate_split(method, test_split, cfg.test, tokenizer_test, dev, progress)
@@ -266,7 +261,8 @@ def _write_run_record(
         "config": cfg.to_dict(),
         "hashes": hashes,
         "data_root": str(paths.data_root),
-        "weights": str(paths.weights) if paths.weights else None,
+        "weights": str(paths.weights) if paths.weights else None,  # absolute; its sha256 is hashes["weights"]
+        "tokenizer_vocab": str(backbone.tokenizer_vocab_path()),  # its sha256 is hashes["tokenizer_vocab"]
         "command": opts.command,
         "method_facts": method.extra_state(),
         "skipped_missing_videos": skipped,
@@ -294,7 +290,7 @@ def _train(
     run_dir: Path,
     dev: torch.device,
     progress: Progress,
-    resume_dir: Path | None,
+    resumed: RunRecord | None,
 ) -> dict[str, Any]:
     """Build the (sharded) training loader, train (resuming when asked), save the selected weights."""
     here = distributed.info()
@@ -325,13 +321,11 @@ def _train(
         return float(res.metrics["t2v"]["R1"])
 
     state = None
-    if resume_dir is not None:
-        ckpt = resume_dir / "checkpoint_last.pt"
-        if ckpt.is_file():
-            state = load_resume_state(ckpt)
-        elif here.is_main:
-            append_jsonl(resume_dir / "train_log.jsonl", {"resumed": {"from_checkpoint_epoch": None, "step": 0}})
-            log.warning("%s has no checkpoint: training restarts from epoch 0", resume_dir)
+    if resumed is not None:
+        state = resumed.load_training_state()  # the run's trust rule (psbench.run_record)
+        if state is None and here.is_main:
+            append_jsonl(resumed.path / "train_log.jsonl", {"resumed": {"from_checkpoint_epoch": None, "step": 0}})
+            log.warning("%s has no checkpoint: training restarts from epoch 0", resumed.path)
     done = 0 if state is None else (int(state["epoch"]) + 1) * len(loader)
     with progress.task(f"train {cfg.method} s{cfg.seed}", cfg.train.epochs * len(loader)) as task:
         task.advance(done)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from psbench import cpu_linear
+from psbench import cpu_linear, jsonio
 from psbench.prefilter import bf16_matmul_is_fast
 
 METRICS_SCHEMA_VERSION = 1
@@ -78,7 +78,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A run record (JSON); a parse error names the file, line and column (:class:`~psbench.jsonio.JsonFileError`)."""
+    return jsonio.read_json(path)
 
 
 def run_dir_name(protocol: str, method: str, seed: int, now: datetime | None = None) -> str:

@@ -205,11 +205,11 @@ def _gather_skipped(skipped: list[str]) -> list[str]:
     return [s for part in parts for s in part]
 
 
-def load_resume_state(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`train` (weights_only); error naming the file if it is not one."""
+def load_resume_state(path: Path, trust: bool = False) -> dict[str, Any]:
+    """A checkpoint written by :func:`train` (weights_only unless ``trust``); error naming the file if not one."""
     from psbench.checkpoint import load_run_checkpoint
 
-    ckpt = load_run_checkpoint(path)
+    ckpt = load_run_checkpoint(path, trust)
     missing = [k for k in ("epoch", "step", "model", "optimizer", "scheduler", "rng") if k not in ckpt]
     if missing:
         raise RuntimeError(f"{path} is not a training checkpoint (missing {', '.join(missing)})")

@@ -162,7 +162,8 @@ def test_malformed_train_files(tmp_path: Path) -> None:
         load_msrvtt_train(good_json, nocol, tmp_path)
 
     broken = write(tmp_path / "broken.json", '{"sentences": [\n{"video_id": "v1",\n "caption": }\n]}')
-    with pytest.raises(AnnotationError, match=rf"{re.escape(str(broken))} line 3: invalid JSON"):
+    expected = rf"{re.escape(str(broken))}: invalid JSON: Expecting value at line 3 column 13"
+    with pytest.raises(AnnotationError, match=expected):
         load_msrvtt_train(broken, good_csv, tmp_path)
 
     no_list = write(tmp_path / "nolist.json", '{"videos": []}')

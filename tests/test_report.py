@@ -249,7 +249,7 @@ def test_different_test_data_with_same_protocol_hash_is_split(runs: Path, tmp_pa
     make_run(runs, "promptswitch", 2, 1.5, "5555666677778888", test_hash="eeee9999eeee9999")
     content = assemble([runs], tmp_path / "out", stats=FAST)
     conflict = next(c for c in content.conflicts if c.method == "promptswitch")
-    assert {dh for _, dh, _ in conflict.groups} == {TEST_HASH, "eeee9999eeee9999"}
+    assert {dh for _, dh, _, _ in conflict.groups} == {TEST_HASH, "eeee9999eeee9999"}
     labels = [
         r.cells[0]
         for r in _table(content.document, "text-to-video (t2v)").rows

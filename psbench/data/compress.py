@@ -32,6 +32,7 @@ import av
 
 from psbench.data.paths import VIDEO_EXTENSIONS
 from psbench.data.video import VideoDecodeError, VideoError, probe_video
+from psbench.jsonio import decode_error_message
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def read_compress_recipe(video_dir: Path) -> dict[str, Any] | None:
     try:
         recipe = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
+        raise ValueError(decode_error_message(path, err)) from err
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return recipe

@@ -20,6 +20,7 @@ from typing import Any
 
 from psbench.data.paths import AnnotationError, find_video, safe_video_id
 from psbench.data.split import Caption, RetrievalSplit
+from psbench.jsonio import decode_error_message
 
 __all__ = ["AnnotationError", "load_msrvtt_test", "load_msrvtt_train", "read_csv_rows", "video_path"]
 
@@ -89,7 +90,7 @@ def read_annotation_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
+        raise AnnotationError(decode_error_message(path, err)) from err
     except UnicodeDecodeError as err:
         raise AnnotationError(f"{path}: not valid UTF-8 text ({err})") from err
 

@@ -40,6 +40,7 @@ from psbench.data.msrvtt import load_msrvtt_test, load_msrvtt_train
 from psbench.data.paths import AnnotationError
 from psbench.data.split import RetrievalSplit
 from psbench.data.video_writer import write_video
+from psbench.jsonio import decode_error_message
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +499,7 @@ def _read_twins(path: Path) -> dict[str, str]:
     try:
         twins = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from err
+        raise AnnotationError(decode_error_message(path, err)) from err
     if not isinstance(twins, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in twins.items()):
         raise AnnotationError(f"{path}: expected an object mapping video id -> twin video id")
     for vid, twin in twins.items():

@@ -34,13 +34,16 @@ class ReportResult:
     runs: int
     conflicts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    repeated_seeds: list[str] = field(default_factory=list)
 
 
 def _method_notes(cfg: StatsConfig) -> Bullets:
     return Bullets(
         [
-            "Rows: one per (protocol, method, zero-shot or trained, protocol hash, test-data hash). Seeds of a row "
-            "share both hashes; runs with different hashes are never merged (see 'Hash conflicts').",
+            "Rows: one per (protocol, method, zero-shot or trained, protocol hash, test-data hash, sha256 of the "
+            "CLIP weights file and of the tokenizer vocabulary). Seeds of a row share all of them; runs with "
+            "different hashes are never merged (see 'Hash conflicts') nor paired in a test. A row's seeds are "
+            "distinct: a repeated seed counts once (see 'Repeated seeds').",
             "Cells: mean ± sample std over seeds of each run's recorded metrics; with one seed only the value.",
             f"Second line: {cfg.level:.0%} percentile bootstrap CI over test queries ({cfg.resamples} resamples, "
             f"seed {cfg.seed}). Per-query values (R@K contribution under the run's tie rule, or rank position) are "
@@ -122,6 +125,7 @@ class Assembled:
     runs: int
     conflicts: list[collect.Conflict]
     problems: list[str]
+    repeated_seeds: list[collect.RepeatedSeed] = field(default_factory=list)
 
 
 def assemble(
@@ -149,7 +153,7 @@ def assemble(
         where = ", ".join(map(str, runs_dirs))
         wanted = f" for protocol(s) {', '.join(protocols)}" if protocols else ""
         raise FileNotFoundError(f"no finished runs (directories with metrics.json){wanted} under {where}")
-    groups, conflicts = collect.group_runs(runs)
+    groups, conflicts, repeated = collect.group_runs(runs)
     other_machine = collect.load([Path(p) for p in cross_machine], protocols) if cross_machine else []
     problems = [p for run in runs for p in collect.check_recorded_metrics(run)]
     for problem in problems:
@@ -158,6 +162,16 @@ def assemble(
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc.add(Paragraph(f"Generated {stamp} from {len(runs)} run(s) under {', '.join(map(str, runs_dirs))}."))
     doc.add(Heading("How to read this report", 2), _method_notes(cfg))
+    if repeated:
+        doc.add(
+            Heading("Repeated seeds", 2),
+            Paragraph(
+                "WARNING: some rows were given the same seed more than once. A repeated seed is not an independent "
+                "seed: each row counts it once (the first run directory) and the runs below are left out of every "
+                "mean, std, CI and test."
+            ),
+            Bullets([r.message() for r in repeated]),
+        )
     if conflicts:
         doc.add(Heading("Hash conflicts", 2), tables.conflict_table(conflicts))
     if problems:
@@ -179,7 +193,7 @@ def assemble(
             doc.add(tables.provenance_table(protocol, protocol_runs))
             doc.add(Paragraph(f"{protocol}: the exact command that produced each run (from config.json):"))
             doc.add(tables.commands_block(protocol_runs))
-    return Assembled(doc, figures, len(runs), conflicts, problems)
+    return Assembled(doc, figures, len(runs), conflicts, problems, repeated)
 
 
 def build_report(
@@ -219,4 +233,5 @@ def build_report(
         content.runs,
         [c.message() for c in content.conflicts],
         content.problems,
+        [r.message() for r in content.repeated_seeds],
     )

@@ -1,10 +1,12 @@
 """Load finished runs and group them into report rows, never merging different hashes.
 
 A row (:class:`Group`) holds the seeds of one (protocol, method, zero-shot?) whose runs share the
-protocol hash AND the test-data hash. Runs of the same protocol and method with different hashes are
-SPLIT into separate, labelled rows (not refused): a ``--set`` variant or a re-generated test set is a
+protocol hash, the test-data hash AND the inputs loaded from disk (sha256 of the CLIP weights file and
+of the tokenizer vocabulary). Runs of the same protocol and method with different hashes are SPLIT into
+separate, labelled rows (not refused): a ``--set`` variant, other weights or a re-generated test set is a
 legitimate result, but it is a different experiment. Each split produces a :class:`Conflict` message
-naming the hashes and run directories; the report prints them.
+naming the hashes and run directories; the report prints them. A row's seeds are distinct: a seed
+repeated within a row is counted once (:class:`RepeatedSeed` names the run directories left out).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from psbench.metrics import QueryRanks, metrics_from_ranks, per_query_recall, rank_positions
+from psbench.run_record import UNRECORDED, open_run
 from psbench.runs import list_runs, read_json
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,30 @@ class Run:
         return str(self.metrics["hashes"]["test_data"])
 
     @property
+    def weights_hash(self) -> str:
+        """sha256 of the CLIP weights file (``random`` without one; ``unrecorded`` for older runs)."""
+        return str(self.metrics["hashes"].get("weights") or self.config.get("hashes", {}).get("weights") or UNRECORDED)
+
+    @property
+    def tokenizer_hash(self) -> str:
+        """sha256 of the tokenizer vocabulary the run read (``unrecorded`` for older runs)."""
+        hashes = self.metrics["hashes"]
+        return str(hashes.get("tokenizer_vocab") or self.config.get("hashes", {}).get("tokenizer_vocab") or UNRECORDED)
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """Everything that must be equal for two runs to be seeds of one row."""
+        return (
+            self.protocol,
+            self.method,
+            self.zero_shot,
+            self.protocol_hash,
+            self.test_data_hash,
+            self.weights_hash,
+            self.tokenizer_hash,
+        )
+
+    @property
     def epochs(self) -> int:
         return int(self.metrics.get("train", {}).get("epochs_run", 0))
 
@@ -81,6 +108,8 @@ class Run:
             self.protocol,
             self.metrics.get("protocol_version"),
             self.test_data_hash,
+            self.weights_hash,
+            self.tokenizer_hash,
             self.tie_rule,
             self.metrics.get("v2t_rule", test.get("v2t_rule")),
             bool(self.metrics.get("dsl", test.get("dsl", False))),
@@ -122,17 +151,12 @@ class Run:
 
 
 def load_run(path: Path) -> Run:
-    """Read metrics.json, config.json, environment.json and every eval_*.json of one run directory."""
-    path = Path(path)
-    metrics = read_json(path / "metrics.json")
-    config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
-    env = read_json(path / "environment.json") if (path / "environment.json").is_file() else {}
-    evals = []
-    for eval_path in sorted(path.glob("eval_*.json")):
-        record = read_json(eval_path)
-        record["_file"] = eval_path.name
-        evals.append(record)
-    return Run(path, metrics, config, env, evals)
+    """metrics.json, config.json, environment.json and every eval_*.json of one finished run directory
+    (read by :func:`psbench.run_record.open_run`, as every command reads a run)."""
+    record = open_run(path)
+    if record.metrics is None:
+        raise FileNotFoundError(f"{path} is not a finished run (no metrics.json)")
+    return Run(record.path, record.metrics, record.record, record.environment, record.evals)
 
 
 def load(paths: Iterable[Path], protocols: Iterable[str] | None = None) -> list[Run]:
@@ -149,12 +173,13 @@ class Conflict:
 
     protocol: str
     method: str
-    groups: list[tuple[str, str, list[str]]]  # (protocol hash, test-data hash, run dirs)
+    groups: list[tuple[str, str, str, list[str]]]  # (protocol hash, test-data hash, weights sha256, run dirs)
 
     def message(self) -> str:
         parts = [
-            f"protocol hash {ph} / test-data hash {dh} ({len(dirs)} run(s): {', '.join(dirs)})"
-            for ph, dh, dirs in self.groups
+            f"protocol hash {ph} / test-data hash {dh} / weights sha256 {wh[:16]} ({len(dirs)} run(s): "
+            f"{', '.join(dirs)})"
+            for ph, dh, wh, dirs in self.groups
         ]
         return (
             f"{self.protocol} / {self.method}: runs with different hashes were NOT merged; they are separate rows: "
@@ -163,14 +188,37 @@ class Conflict:
 
 
 @dataclass
+class RepeatedSeed:
+    """One seed found in several runs of one row: the first run (by directory name) is used, the rest left out."""
+
+    protocol: str
+    label: str
+    seed: int
+    used: str
+    left_out: list[str]
+    identical: bool  # whether the left-out runs recorded the same t2v/v2t metrics as the used one
+
+    def message(self) -> str:
+        same = "identical metrics" if self.identical else "DIFFERENT metrics (the runs are not reproducible)"
+        return (
+            f"{self.protocol} / {self.label}: seed {self.seed} appears in {1 + len(self.left_out)} runs ({same}); "
+            f"a repeated seed is not another seed, so the row uses {self.used} and leaves out "
+            + ", ".join(self.left_out)
+        )
+
+
+@dataclass
 class Group:
-    """The seeds of one report row: same protocol, method, zero-shot flag, protocol hash and test-data hash."""
+    """The seeds of one report row: same protocol, method, zero-shot flag, protocol hash, test-data hash,
+    weights sha256 and tokenizer-vocabulary sha256; one run per seed."""
 
     protocol: str
     method: str
     zero_shot: bool
     protocol_hash: str
     test_data_hash: str
+    weights_hash: str
+    tokenizer_hash: str
     runs: list[Run]
     variant_parts: list[str] = field(default_factory=list)  # what differs from same-method rows (set when split)
 
@@ -248,23 +296,50 @@ def _variant_labels(groups: list[Group], max_keys: int = 4) -> None:
         if not k.startswith(_IGNORED_CONFIG_KEYS) and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1
     ]
     data_differs = len({g.test_data_hash for g in groups}) > 1
+    weights_differ = len({g.weights_hash for g in groups}) > 1
+    vocab_differs = len({g.tokenizer_hash for g in groups}) > 1
     for group, flat in zip(groups, flats, strict=True):
         parts = [f"{k}={flat.get(k)}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
             parts.append(f"+{len(differing) - max_keys} more settings")
         if data_differs:
             parts.append(f"test data {group.test_data_hash[:8]}")
-        if not parts or (not differing and len({g.protocol_hash for g in groups}) > 1):
+        if weights_differ:
+            parts.append(f"weights {group.weights_hash[:8]}")
+        if vocab_differs:
+            parts.append(f"tokenizer vocab {group.tokenizer_hash[:8]}")
+        if not parts or (not differing and len({g.protocol_hash for g in groups}) > 1 and not weights_differ):
             parts.append(f"protocol {group.protocol_hash[:8]}")
         group.variant_parts = parts
 
 
-def group_runs(runs: list[Run]) -> tuple[list[Group], list[Conflict]]:
-    """Rows for the report, and one conflict per (protocol, method) whose runs had to be split."""
+def _one_run_per_seed(runs: list[Run]) -> tuple[list[Run], list[tuple[int, Run, list[Run]]]]:
+    """The runs with distinct seeds (the first directory of each seed), and each repeated seed's leftovers."""
+    by_seed: dict[int, list[Run]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.seed, str(r.path))):
+        by_seed[run.seed].append(run)
+    kept = [members[0] for members in by_seed.values()]
+    repeated = [(seed, members[0], members[1:]) for seed, members in by_seed.items() if len(members) > 1]
+    return kept, repeated
+
+
+def _same_metrics(a: Run, b: Run) -> bool:
+    return all(a.metrics[d] == b.metrics[d] for d in DIRECTIONS)
+
+
+def group_runs(runs: list[Run]) -> tuple[list[Group], list[Conflict], list[RepeatedSeed]]:
+    """Rows for the report, one conflict per (protocol, method) whose runs had to be split, and every
+    seed repeated within a row (counted once; the extra run directories are named, never averaged in)."""
     by_hashes: dict[tuple[Any, ...], list[Run]] = defaultdict(list)
     for run in runs:
-        by_hashes[(run.protocol, run.method, run.zero_shot, run.protocol_hash, run.test_data_hash)].append(run)
-    groups = [Group(*key, runs=sorted(members, key=lambda r: r.seed)) for key, members in by_hashes.items()]
+        by_hashes[run.identity].append(run)
+    groups = []
+    leftovers: list[tuple[Group, int, Run, list[Run]]] = []
+    for (protocol, method, zero_shot, *hashes), members in by_hashes.items():
+        kept, repeated = _one_run_per_seed(members)
+        group = Group(protocol, method, zero_shot, *hashes, runs=kept)
+        groups.append(group)
+        leftovers.extend((group, seed, used, rest) for seed, used, rest in repeated)
     by_method: dict[tuple[str, str], list[Group]] = defaultdict(list)
     for group in groups:
         by_method[(group.protocol, group.method)].append(group)
@@ -275,15 +350,27 @@ def group_runs(runs: list[Run]) -> tuple[list[Group], list[Conflict]]:
             same_kind = [g for g in members if g.zero_shot == zero_shot]
             _variant_labels(same_kind)
             if len(same_kind) > 1:
-                entries = [(g.protocol_hash, g.test_data_hash, [str(r.path) for r in g.runs]) for g in same_kind]
+                entries = [
+                    (g.protocol_hash, g.test_data_hash, g.weights_hash, [str(r.path) for r in g.runs])
+                    for g in same_kind
+                ]
                 conflicts.append(Conflict(protocol, method, entries))
                 log.info(conflicts[-1].message())
-    for group in groups:
-        seeds = group.seeds
-        if len(set(seeds)) != len(seeds):
-            log.warning("%s / %s: seed(s) repeated within one row: %s", group.protocol, group.label, seeds)
+    repeats = [
+        RepeatedSeed(
+            g.protocol,
+            g.label,
+            seed,
+            str(used.path),
+            [str(r.path) for r in rest],
+            all(_same_metrics(used, r) for r in rest),
+        )
+        for g, seed, used, rest in leftovers
+    ]
+    for repeat in repeats:
+        log.warning(repeat.message())
     groups.sort(key=lambda g: (g.protocol, g.zero_shot, g.method, g.variant))
-    return groups, conflicts
+    return groups, conflicts, repeats
 
 
 def check_recorded_metrics(run: Run, tol: float = 1e-6) -> list[str]:

@@ -79,7 +79,7 @@ def cross_machine_table(protocol: str, primary: list[Group], other_runs: list[Ru
     A row of the other machine is matched to a primary row with the same method, kind and variant and the
     same protocol and test-data hashes (the same experiment); unmatched rows are left out and counted in a note.
     """
-    other_groups, _ = group_runs([r for r in other_runs if r.protocol == protocol])
+    other_groups, _, _ = group_runs([r for r in other_runs if r.protocol == protocol])
     by_key = {(_row_key(g), g.protocol_hash, g.test_data_hash): g for g in other_groups}
     primary_label = ", ".join(machines_of(r for g in primary for r in g.runs))
     other_label = ", ".join(machines_of(r for g in other_groups for r in g.runs))

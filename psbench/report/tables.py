@@ -44,12 +44,18 @@ def quality_table(
     level: float,
 ) -> Table:
     """Ours (one row per group, zero-shot rows labelled) then the published rows below a separator."""
-    columns = ["method", "kind", "seeds", *(METRIC_HEADERS[m] for m in METRICS), "hashes:\nprotocol\ntest data"]
+    columns = [
+        "method",
+        "kind",
+        "seeds",
+        *(METRIC_HEADERS[m] for m in METRICS),
+        "hashes:\nprotocol\ntest data\nweights",
+    ]
     rows = []
     for q in qualities:
         g = q.group
         cells = [format_cell(q.cells[(direction, m)]) for m in METRICS]
-        hashes = f"{g.protocol_hash[:8]}\n{g.test_data_hash[:8]}"
+        hashes = f"{g.protocol_hash[:8]}\n{g.test_data_hash[:8]}\n{g.weights_hash[:8]}"
         rows.append(Row([g.cell_label, g.kind, str(len(g.runs)), *cells, hashes]))
     published = [r for r in references if r.get("direction") == direction]
     sources: list[str] = []
@@ -67,7 +73,8 @@ def quality_table(
     notes = [
         f"Ours: mean ± std over seeds (sample std, n-1) of each run's metrics.json; second line: {level:.0%} "
         "percentile bootstrap CI over test queries (per-query values averaged over seeds, queries resampled "
-        f"with replacement). Test queries: {', '.join(map(str, queries))}. MdR/MnR: lower is better.",
+        f"with replacement). Test queries: {', '.join(map(str, queries))}. MdR/MnR: lower is better. "
+        "Hashes: protocol, test data, sha256 of the CLIP weights file ('random': no weights), first 8 hex digits.",
         *(f"[{i}] {source}" for i, source in enumerate(sources, 1)),
     ]
     align = ["l", "l"] + ["r"] * (len(columns) - 3) + ["l"]
@@ -187,15 +194,16 @@ def _delta_cell(own: dict[str, Any], altered: dict[str, Any], direction: str | N
 def conflict_table(conflicts: list[Conflict]) -> Table:
     rows = []
     for c in conflicts:
-        for phash, dhash, dirs in c.groups:
-            rows.append(Row([f"{c.protocol} / {c.method}", phash, dhash, "\n".join(dirs)]))
+        for phash, dhash, whash, dirs in c.groups:
+            rows.append(Row([f"{c.protocol} / {c.method}", phash, dhash, whash[:16], "\n".join(dirs)]))
     note = (
-        "Runs of one protocol and method whose protocol hash or test-data hash differ are never merged into one "
-        "row: they are shown as separate rows labelled with what differs. Splitting (rather than failing) keeps "
-        "legitimate variants (a --set override, a regenerated test set) visible without averaging them together."
+        "Runs of one protocol and method whose protocol hash, test-data hash or weights (sha256 of the CLIP weights "
+        "file or of the tokenizer vocabulary) differ are never merged into one row: they are shown as separate rows "
+        "labelled with what differs. Splitting (rather than failing) keeps legitimate variants (a --set override, "
+        "other weights, a regenerated test set) visible without averaging them together."
     )
-    columns = ["protocol / method", "protocol hash", "test-data hash", "run directories"]
-    return Table("Hash conflicts (split into separate rows)", columns, rows, [note], ["l"] * 4)
+    columns = ["protocol / method", "protocol hash", "test-data hash", "weights sha256", "run directories"]
+    return Table("Hash conflicts (split into separate rows)", columns, rows, [note], ["l"] * 5)
 
 
 def provenance_table(protocol: str, runs: list[Run]) -> Table:
@@ -211,7 +219,7 @@ def provenance_table(protocol: str, runs: list[Run]) -> Table:
                     run.path.name,
                     f"{run.method}\nseed {run.seed}",
                     f"v{run.metrics.get('protocol_version')}\n{run.protocol_hash}",
-                    f"{hashes.get('test_data', DASH)}\n{hashes.get('train_data', DASH)}",
+                    f"{hashes.get('test_data', DASH)}\n{hashes.get('train_data', DASH)}\n{run.weights_hash[:16]}",
                     "\n".join(f"{k} {env.get(k, '?')}" for k in ("python", "torch", "open_clip")),
                     f"{env.get('device', '?')}\n{env.get('device_name', '')}",
                     f"{str(git.get('sha', 'unknown'))[:10]}{dirty}",
@@ -222,7 +230,7 @@ def provenance_table(protocol: str, runs: list[Run]) -> Table:
         "run directory",
         "method",
         "protocol\nversion / hash",
-        "data hash\ntest / train",
+        "hashes: test /\ntrain data,\nweights sha256",
         "software",
         "device",
         "git sha",
