@@ -20,7 +20,15 @@ def test_equals_functional_linear_in_float32() -> None:
     ]
     with torch.inference_mode():
         for args in cases:
-            torch.testing.assert_close(cpu_linear.linear(*args), F.linear(*args), rtol=1e-5, atol=1e-4)
+            x_, w_, b_ = args
+            # oneDNN and MKL sum the K products in different orders (per kernel, per CPU): each is within
+            # gamma_{K+1} (|x| @ |w|.T + |b|) of the exact value, so they differ by at most twice that
+            k = x_.shape[-1] + 1
+            magnitude = x_.double().abs() @ w_.double().abs().t() + (0 if b_ is None else b_.double().abs())
+            bound = 2 * k * 2.0**-24 / (1 - k * 2.0**-24) * magnitude
+            got, expected = cpu_linear.linear(*args), F.linear(*args)
+            assert got.shape == expected.shape and got.dtype == torch.float32
+            assert ((got.double() - expected.double()).abs() <= bound).all()
 
 
 def test_dispatch_rules() -> None:
