@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from psbench import cli_policy as policy
 from psbench.cli_bench import register as _register_bench
 from psbench.cli_data import register as _register_data_commands
 from psbench.cli_efficiency import register as _register_efficiency
@@ -24,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
+    cls=policy.PolicyGroup,
 )
 data_app = typer.Typer(
     help="Prepare data: the synthetic set, the tiny CLIP, verification and compression of real videos.",
@@ -31,24 +31,29 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 _register_data_commands(data_app)
-# Piped output (logs, CI, tests) gets a wide console so result tables are never truncated.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+# one console / logging / failure policy for every command (psbench.cli_policy); markup is off
+console = policy.console
+err_console = policy.err_console
+_fail = policy.fail
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
-    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" at INFO level
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = metadata.version("psbench")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        policy.print_line(f"psbench {version}")
+        raise typer.Exit()
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """psbench: train, evaluate and compare CLIP-based text-video retrieval methods under fixed protocols."""
 
 
 def _command_line() -> str:
@@ -79,6 +84,7 @@ TRUST_HELP = (
 
 
 @app.command()
+@policy.guarded
 def run(
     method: Annotated[
         str | None, typer.Option("--method", "-m", help="Method name (see `psbench methods`); not with --resume.")
@@ -104,7 +110,6 @@ def run(
         bool, typer.Option("--deterministic", help="Deterministic algorithms (cuDNN, cuBLAS); recorded in the run.")
     ] = False,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train and evaluate one method under a protocol; write a run directory.
 
@@ -112,13 +117,13 @@ def run(
     Resume an interrupted run: `psbench run --resume runs/<run dir>`. Several GPUs:
     `torchrun --nproc_per_node 8 -m psbench.cli run ...` (see docs/distributed.md).
     """
-    _setup_logging(verbose)
     from psbench import distributed
     from psbench.progress import RichProgress
-    from psbench.protocol import load_protocol, parse_set, resolve
     from psbench.runner import resume as resume_run
     from psbench.runner import run as run_one
 
+    started: list[Path] = []
+    policy.on_interrupt(lambda: interrupted_runs_message(started))
     try:
         if resume is not None:
             if method is not None or set_ or seed or all_seeds or protocol is not None:
@@ -127,6 +132,7 @@ def run(
                     "--method, --protocol, --seed or --set (--data-root and --weights may point at moved "
                     "files with the recorded hashes)"
                 )
+            started.append(resume)
             with RichProgress(console=err_console) as progress:
                 run_dir = resume_run(
                     resume, device, progress, data_root, trust_checkpoint, _command_line(), weights=weights
@@ -134,19 +140,8 @@ def run(
             if distributed.is_main():
                 _print_run(run_dir)
             return
-        if method is None:
-            _fail("--method is required (or --resume RUN_DIR)")
-        proto = load_protocol(protocol or default_protocol_for(dataset))
-        if proto.get("data", {}).get("dataset") != dataset and protocol is None:
-            _fail(f"protocol {proto['name']} is not for dataset {dataset}")
-        seeds = list(proto["seeds"]) if all_seeds else (seed or [int(proto["seeds"][0])])
-        from psbench.method import METHODS
-        from psbench.runner import baselines  # noqa: F401 - registers methods
-
-        METHODS.get(method)
-        sets = parse_set(set_ or [])
-        for s in seeds:
-            cfg = resolve(proto, method, s, sets)
+        configs = run_configs(method, dataset, protocol, seed, all_seeds, set_ or [])  # every check before work
+        for cfg in configs:
             with RichProgress(console=err_console) as progress:
                 run_dir = run_one(
                     cfg,
@@ -158,22 +153,80 @@ def run(
                     command=_command_line(),
                     deterministic=deterministic,
                     trust_checkpoint=trust_checkpoint,
+                    on_run_dir=started.append,
                 )
             if distributed.is_main():
                 _print_run(run_dir)
-    except typer.Exit:
-        raise
-    except (UnknownKeyError, ValueError, OSError, RuntimeError, FloatingPointError) as exc:
-        _fail(str(exc))
     finally:
         distributed.destroy()
+
+
+def run_configs(
+    method: str | None, dataset: str, protocol: str | None, seeds: list[int] | None, all_seeds: bool, sets: list[str]
+) -> list:
+    """The resolved config of every requested seed; every argument is checked here, before any work."""
+    from psbench.method import METHODS
+    from psbench.protocol import load_protocol, parse_set, resolve
+    from psbench.runner import baselines  # noqa: F401 - registers methods
+
+    if method is None:
+        raise policy.UserError("--method is required (or --resume RUN_DIR)")
+    if all_seeds and seeds:
+        raise policy.UserError(
+            f"--seed {' --seed '.join(map(str, seeds))} and --all-seeds contradict each other; give one of them"
+        )
+    METHODS.get(method)
+    proto = load_protocol(protocol or default_protocol_for(dataset))
+    if proto.get("data", {}).get("dataset") != dataset and protocol is None:
+        raise policy.UserError(f"protocol {proto['name']} is not for dataset {dataset}")
+    chosen = list(proto["seeds"]) if all_seeds else (seeds or [int(proto["seeds"][0])])
+    overrides = parse_set(sets)
+    return [resolve(proto, method, s, overrides) for s in chosen]
+
+
+def interrupted_runs_message(run_dirs: list[Path], rerun: str = "") -> str:
+    """What Ctrl-C kept of the runs started so far, and the exact commands that continue them."""
+    unfinished = [d for d in run_dirs if not (d / "metrics.json").is_file()]
+    finished = len(run_dirs) - len(unfinished)
+    parts = [f"{finished} finished run(s) kept"] if finished else []
+    for run_dir in unfinished:
+        parts.append(
+            f"unfinished run {run_dir} kept ({_checkpoint_state(run_dir)}); resume it with: "
+            f"psbench run --resume {shlex.quote(str(run_dir))}"
+        )
+    if rerun:
+        parts.append(f"then rerun `{rerun}` (finished runs are not redone)")
+    return "; ".join(parts) if parts else "no run directory was created yet; nothing was kept"
+
+
+def _checkpoint_state(run_dir: Path) -> str:
+    import json
+
+    try:
+        if json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config"]["train"]["epochs"] == 0:
+            return "zero-shot: resume runs the evaluation again"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    epoch = None
+    log_path = run_dir / "train_log.jsonl"
+    if (run_dir / "checkpoint_last.pt").is_file() and log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "epoch_summary" in record:
+                epoch = record["epoch_summary"].get("epoch")
+    if epoch is None:
+        return "no finished epoch yet: resume restarts training from epoch 0"
+    return f"last checkpoint after epoch {epoch}: resume continues from epoch {epoch + 1}"
 
 
 def _print_run(run_dir: Path) -> None:
     from psbench.runs import read_json
 
     m = read_json(run_dir / "metrics.json")
-    table = Table(title=f"{m['method']} on {m['protocol']} (seed {m['seed']}) — {run_dir}")
+    table = Table(title=f"{m['method']} on {m['protocol']} (seed {m['seed']})")
     table.add_column("direction")
     for key in ("R1", "R5", "R10", "MdR", "MnR"):
         table.add_column(key, justify="right")
@@ -182,9 +235,11 @@ def _print_run(run_dir: Path) -> None:
     console.print(table)
     if m.get("order_accuracy") is not None:
         console.print(f"order accuracy: {m['order_accuracy']:.1f}%  (own video scored above its reversed twin)")
+    policy.print_line(f"run directory: {run_dir}")  # on its own line, never wrapped
 
 
 @app.command("eval")
+@policy.guarded
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `psbench run`.")],
     data_root: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run used).")] = None,
@@ -195,7 +250,6 @@ def eval_(
     shuffle_frames: Annotated[bool, typer.Option("--shuffle-frames", help="Shuffle each video's frames.")] = False,
     reverse_frames: Annotated[bool, typer.Option("--reverse-frames", help="Reverse each video's frames.")] = False,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Re-evaluate a finished run from its checkpoint; writes eval_TIME.json in the run directory.
 
@@ -204,26 +258,23 @@ def eval_(
 
     Example: `psbench eval runs/20261129T190000_000000Z_synthetic_meanpool_s0 --reverse-frames`
     """
-    _setup_logging(verbose)
     if shuffle_frames and reverse_frames:
         _fail("choose one of --shuffle-frames and --reverse-frames")
     frame_order = "shuffle" if shuffle_frames else "reverse" if reverse_frames else "keep"
     from psbench.progress import RichProgress
     from psbench.reevaluate import reevaluate
 
-    try:
-        with RichProgress(console=err_console) as progress:
-            out = reevaluate(
-                run_dir,
-                data_root,
-                device,
-                progress,
-                frame_order=frame_order,
-                trust_checkpoint=trust_checkpoint,
-                weights=weights,
-            )
-    except (ValueError, OSError, RuntimeError) as exc:
-        _fail(str(exc))
+    policy.on_interrupt(lambda: f"nothing was written; {run_dir} is unchanged")
+    with RichProgress(console=err_console) as progress:
+        out = reevaluate(
+            run_dir,
+            data_root,
+            device,
+            progress,
+            frame_order=frame_order,
+            trust_checkpoint=trust_checkpoint,
+            weights=weights,
+        )
     from psbench import distributed
     from psbench.runs import read_json
 
@@ -236,10 +287,11 @@ def eval_(
         console.print(direction, {k: round(v, 2) for k, v in m[direction].items()})
     if m.get("order_accuracy") is not None:
         console.print(f"order accuracy: {m['order_accuracy']:.1f}%")
-    console.print(f"written {out}")
+    policy.print_line(f"written {out}")
 
 
 @app.command()
+@policy.guarded
 def methods() -> None:
     """List the registered methods.
 
@@ -260,6 +312,7 @@ def methods() -> None:
 
 
 @app.command()
+@policy.guarded
 def protocols() -> None:
     """List the protocols and their main settings.
 
@@ -279,6 +332,7 @@ def protocols() -> None:
 
 
 @app.command()
+@policy.guarded
 def table(
     runs: Annotated[list[Path] | None, typer.Argument(help="Run directories or folders of runs.")] = None,
 ) -> None:
@@ -287,12 +341,14 @@ def table(
     Runs with a different protocol hash, test data or CLIP weights (sha256) are separate rows; a seed repeated
     within a row is an error naming the run directories. Example: `psbench table runs/`
     """
+    print_results(runs or [Path("runs")])
+
+
+def print_results(runs: list[Path]) -> None:
+    """The results table of ``psbench table`` (also printed at the end of ``psbench bench``)."""
     from psbench.summary import format_cell, load_runs, summarize
 
-    try:
-        df = summarize(load_runs(runs or [Path("runs")]))
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
+    df = summarize(load_runs(runs))
     if df.empty:
         _fail("no finished runs found")
     for (protocol, phash), group in df.groupby(["protocol", "protocol_hash"], sort=False):
@@ -318,20 +374,23 @@ def table(
 
 
 @data_app.command("synth")
+@policy.guarded
 def data_synth(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/synthetic"),
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-    workers: Annotated[int, typer.Option(help="Encoding processes.")] = 2,
+    workers: Annotated[int, typer.Option(help="Encoding processes.", min=1)] = 2,
 ) -> None:
     """Generate the synthetic data set (videos + MSR-VTT-format annotations) deterministically.
 
     Example: `psbench data synth --out data/synthetic --seed 0`
     """
-    _setup_logging(False)
-    from psbench.data.synthetic import generate_synthetic
+    from psbench.data.synthetic import DEFAULT_PAIRS, generate_synthetic
     from psbench.progress import RichProgress
 
-    with RichProgress(console=err_console) as progress, progress.task("write synthetic videos", None) as task:
+    policy.check_output_dir(out, "--out")
+    policy.on_interrupt(lambda: f"the videos written so far are kept in {out}; rerun the same command to continue")
+    total = 2 * sum(DEFAULT_PAIRS.values())
+    with RichProgress(console=err_console) as progress, progress.task("write synthetic videos", total) as task:
         state = {"done": 0}
 
         def report(done: int, total: int) -> None:
@@ -339,10 +398,11 @@ def data_synth(
             state["done"] = done
 
         meta = generate_synthetic(out, seed=seed, workers=workers, progress=report)
-    console.print(f"synthetic set in {out}: {meta.get('counts', meta)}")
+    policy.print_line(f"synthetic set in {out}: {meta.get('counts', meta)}")
 
 
 @data_app.command("pretrain-clip")
+@policy.guarded
 def data_pretrain_clip(
     root: Annotated[Path, typer.Option(help="Synthetic data root (with frame_captions.json).")] = Path(
         "data/synthetic"
@@ -355,7 +415,6 @@ def data_pretrain_clip(
 
     Example: `psbench data pretrain-clip --root data/synthetic`
     """
-    _setup_logging(False)
     from psbench.pretrain import PretrainConfig, pretrain_tiny_clip
     from psbench.progress import RichProgress
     from psbench.runs import read_json
@@ -365,7 +424,8 @@ def data_pretrain_clip(
     with RichProgress(console=err_console) as progress:
         path = pretrain_tiny_clip(root, out, PretrainConfig(seed=seed), progress, force=force)
     meta = read_json(path.with_suffix(".json"))
-    console.print(f"tiny CLIP: {path} (frame->caption top-1 {meta['image_to_text_top1']:.1f}% on its training frames)")
+    top1 = meta["image_to_text_top1"]
+    policy.print_line(f"tiny CLIP: {path} (frame->caption top-1 {top1:.1f}% on its training frames)")
 
 
 _register_efficiency(app)

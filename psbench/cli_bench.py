@@ -7,9 +7,21 @@ from typing import Annotated
 
 import typer
 
+from psbench import cli_policy as policy
+
+
+def _seed_list(seeds: str) -> list[int] | None:
+    if seeds == "all":
+        return None
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise policy.UserError(f"--seeds {seeds!r}: expected 'all' or a comma list of integers") from None
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @policy.guarded
     def bench(
         protocol: Annotated[str, typer.Option(help="Protocol name.")] = "synthetic",
         methods: Annotated[str, typer.Option(help="'all' or a comma list of methods.")] = "all",
@@ -26,34 +38,53 @@ def register(app: typer.Typer) -> None:
         """
         from psbench import cli
         from psbench.benchmark import BENCHMARK_METHODS, plan, run_benchmark
+        from psbench.method import METHODS
         from psbench.progress import RichProgress
+        from psbench.protocol import load_protocol, resolve
         from psbench.run_record import weights_identity
-        from psbench.runner import resolve_paths
+        from psbench.runner import (
+            baselines,  # noqa: F401 - registers methods
+            resolve_paths,
+        )
         from psbench.runner import run as run_one
 
-        cli._setup_logging(False)
-        chosen = BENCHMARK_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(","))
-        seed_list = None if seeds == "all" else [int(s) for s in seeds.split(",")]
-        planned = plan(protocol, chosen, seed_list, zero_shot)
-        cli.console.print(f"benchmark {protocol}: {len(planned)} runs into {runs_dir}")
+        chosen = BENCHMARK_METHODS if methods == "all" else tuple(m.strip() for m in methods.split(",") if m.strip())
+        if not chosen:
+            raise policy.UserError(f"--methods {methods!r}: no method named")
+        for name in chosen:  # every argument is checked before the first run starts
+            METHODS.get(name)
+        planned = plan(protocol, chosen, _seed_list(seeds), zero_shot)
+        proto = load_protocol(protocol)
+        for item in planned:
+            resolve(proto, item.method, item.seed, dict(item.sets))
+        policy.check_output_dir(runs_dir, "--runs-dir")
+        policy.print_line(f"benchmark {protocol}: {len(planned)} runs into {runs_dir}")
+        started: list[Path] = []
+        policy.on_interrupt(lambda: cli.interrupted_runs_message(started, cli._command_line()))
 
         def one(cfg):  # noqa: ANN001, ANN202 - a RunConfig -> Path callback
-            with RichProgress(console=cli.err_console) as progress:
-                return run_one(cfg, runs_dir, data_root, weights, device, progress, command=cli._command_line())
+            with RichProgress(console=policy.err_console) as progress:
+                return run_one(
+                    cfg,
+                    runs_dir,
+                    data_root,
+                    weights,
+                    device,
+                    progress,
+                    command=cli._command_line(),
+                    on_run_dir=started.append,
+                )
 
         def weights_of(cfg):  # noqa: ANN001, ANN202 - the sha256 a run of cfg would record
             path = resolve_paths(cfg, data_root, weights).weights
             return "missing" if path is not None and not path.is_file() else weights_identity(path)
 
-        try:
-            run_benchmark(
-                protocol,
-                runs_dir,
-                one,
-                planned,
-                on_skip=lambda item, path: cli.console.print(f"[dim]done already: {item.label} ({path.name})[/]"),
-                weights_of=weights_of,
-            )
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            cli._fail(str(exc))
-        cli.table([runs_dir])
+        run_benchmark(
+            protocol,
+            runs_dir,
+            one,
+            planned,
+            on_skip=lambda item, path: policy.print_line(f"done already: {item.label} ({path.name})", style="dim"),
+            weights_of=weights_of,
+        )
+        cli.print_results([runs_dir])

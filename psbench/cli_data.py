@@ -9,34 +9,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from psbench import cli_policy as policy
 
 if TYPE_CHECKING:
     from psbench.progress import Task
 
-console = Console()
-err_console = Console(stderr=True)
+console = policy.console
+err_console = policy.err_console
 log = logging.getLogger(__name__)
 
 #: missing / corrupt videos printed by name (the manifest lists all of them)
 SHOWN = 50
-
-
-def _setup_logging() -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+_fail = policy.fail
 
 
 def _progress_callback(task: Task) -> Callable[[int, int], None]:
@@ -79,7 +66,7 @@ def verify(
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON manifest here (default: ROOT/manifest.json).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Decoding processes.")] = max(1, min(8, os.cpu_count() or 1)),
+    workers: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = max(1, min(8, os.cpu_count() or 1)),
 ) -> None:
     """Check that every video a protocol needs exists and decodes; write a manifest with checksums.
 
@@ -88,7 +75,6 @@ def verify(
 
     Example: `psbench data verify --dataset msrvtt --root data/msrvtt --protocol msrvtt-1ka --split test`
     """
-    _setup_logging()
     from psbench.data.datasets import load_split
     from psbench.data.verify import verify_dataset
     from psbench.progress import RichProgress
@@ -112,12 +98,12 @@ def verify(
     table.add_row(*(str(counts[k]) for k in ("videos", "ok", "missing", "corrupt")))
     console.print(table)
     where = out or root / "manifest.json"
-    for label, items in (("[yellow]missing[/]", manifest.missing), ("[red]corrupt[/]", manifest.corrupt)):
+    for label, style, items in (("missing", "yellow", manifest.missing), ("corrupt", "red", manifest.corrupt)):
         for vid, detail in list(items.items())[:SHOWN]:
-            console.print(f"{label} {vid}: {detail}")
+            console.print(Text.assemble((label, style), f" {vid}: {detail}"), soft_wrap=True)
         if len(items) > SHOWN:
-            console.print(f"{label} ... and {len(items) - SHOWN} more (all listed in {where})")
-    console.print(f"manifest: {where}")
+            console.print(Text.assemble((label, style), f" ... and {len(items) - SHOWN} more (all listed in {where})"))
+    policy.print_line(f"manifest: {where}")
     if not manifest.ok:
         raise typer.Exit(1)
 
@@ -137,10 +123,10 @@ def compress(
 
     Example: `psbench data compress --src raw/MSRVTT/videos/all --dst data/msrvtt/videos --fps 3 --size 224 --workers 8`
     """
-    _setup_logging()
     from psbench.data.compress import CompressSettings, compress_videos, find_sources
     from psbench.progress import RichProgress
 
+    policy.on_interrupt(lambda: f"the outputs written so far are kept in {dst}; rerun the same command to continue")
     try:
         settings = CompressSettings(fps=fps, size=size, crf=crf)
         total = len(find_sources(src, exclude=dst))
@@ -153,12 +139,12 @@ def compress(
         f"recipe: {report.recipe_path}"
     )
     for source, reason in report.failed.items():
-        console.print(f"[red]failed[/] {source}: {reason}")
+        console.print(Text.assemble(("failed", "red"), f" {source}: {reason}"), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
 
 def register(data_app: typer.Typer) -> None:
     """Add ``verify`` and ``compress`` to the ``psbench data`` sub-app."""
-    data_app.command("verify")(verify)
-    data_app.command("compress")(compress)
+    data_app.command("verify")(policy.guarded(verify))
+    data_app.command("compress")(policy.guarded(compress))

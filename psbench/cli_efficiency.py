@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from psbench import cli_policy as policy
+
 _TRUST_HELP = (
     "Allow CLIP weights or a run checkpoint that is a general pickle or TorchScript archive (as for `psbench run`). "
     "Unpickling such a file can execute arbitrary code: use only for files from a source you trust."
@@ -145,7 +147,6 @@ def efficiency(
         ),
     ] = "auto",
     out: Annotated[Path | None, typer.Option(help="Write efficiency.json + scaling plot (PNG, PDF) here.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """FLOPs, latency and memory of the online similarity stage (and of the offline and text stages).
 
@@ -157,41 +158,42 @@ def efficiency(
     Example (sweep to 1M videos on a GPU):
     `psbench efficiency --sweep --gallery 1000000 --device cuda --dtype fp16 --out reports/eff_gpu`
     """
-    cli = _cli()
-    cli._setup_logging(verbose)
     from psbench.efficiency import EfficiencyConfig, run_efficiency
+    from psbench.progress import RichProgress
 
-    try:
-        cfg = EfficiencyConfig(
-            methods=None if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()],
-            arch=arch,
-            frames=frames,
-            queries=queries,
-            gallery=gallery,
-            sweep=sweep,
-            min_gallery=min_gallery,
-            budget_s=budget_s,
-            max_gallery_bytes=None if max_gallery_gib is None else int(max_gallery_gib * 2**30),
-            device=device,
-            dtype=dtype,
-            k=k,
-            repeats=repeats,
-            text_queries=text_queries,
-            threads=threads,
-            prefilter=prefilter,
-        )
-        result = run_efficiency(cfg, out)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        cli._fail(str(exc))
+    if out is not None:
+        policy.check_output_dir(out, "--out")
+    policy.on_interrupt(lambda: "nothing was written" + (f" to {out}" if out is not None else ""))
+    cfg = EfficiencyConfig(
+        methods=None if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()],
+        arch=arch,
+        frames=frames,
+        queries=queries,
+        gallery=gallery,
+        sweep=sweep,
+        min_gallery=min_gallery,
+        budget_s=budget_s,
+        max_gallery_bytes=None if max_gallery_gib is None else int(max_gallery_gib * 2**30),
+        device=device,
+        dtype=dtype,
+        k=k,
+        repeats=repeats,
+        text_queries=text_queries,
+        threads=threads,
+        prefilter=prefilter,
+    )
+    with RichProgress(console=policy.err_console) as progress:
+        result = run_efficiency(cfg, out, progress)
     _print_efficiency(result)
     if out is not None:
-        cli.console.print(f"written {out / 'efficiency.json'} and {out / 'efficiency_scaling.png'} (.pdf)")
+        policy.print_line(f"written {out / 'efficiency.json'} and {out / 'efficiency_scaling.png'} (.pdf)")
 
 
 index_app = typer.Typer(help="Build and search a saved index of precomputed video embeddings.", no_args_is_help=True)
 
 
 @index_app.command("build")
+@policy.guarded
 def index_build(
     run: Annotated[Path, typer.Option(help="A run directory written by `psbench run`.")],
     videos: Annotated[str, typer.Option(help="A directory of video files, or a split name of the run's dataset.")],
@@ -199,27 +201,24 @@ def index_build(
     data_root: Annotated[Path | None, typer.Option(help="Dataset root for a split (default: the run's).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Encode a gallery once with a trained run's model (offline stage) and save the index.
 
     Example: `psbench index build --run runs/20261129T190000_000000Z_synthetic_meanpool_s0 --videos test --out index.pt`
     """
-    cli = _cli()
-    cli._setup_logging(verbose)
     from psbench.index import build_index, save_index
     from psbench.progress import RichProgress
 
-    try:
-        with RichProgress(console=cli.err_console) as progress:
-            index = build_index(run, videos, data_root, device, progress, trust_checkpoint)
-        save_index(index, out)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        cli._fail(str(exc))
-    cli.console.print(f"index of {len(index)} videos ({index.method}) written to {out}")
+    policy.check_new_file(out, "--out")
+    policy.on_interrupt(lambda: f"nothing was written; {out} is unchanged")
+    with RichProgress(console=policy.err_console) as progress:
+        index = build_index(run, videos, data_root, device, progress, trust_checkpoint)
+    save_index(index, out)
+    policy.print_line(f"index of {len(index)} videos ({index.method}) written to {out}")
 
 
 @index_app.command("search")
+@policy.guarded
 def index_search(
     index: Annotated[Path, typer.Option("--index", help="Index file written by `psbench index build`.")],
     query: Annotated[list[str], typer.Option("--query", "-q", help="Query text (repeatable).")],
@@ -229,25 +228,25 @@ def index_search(
     ),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Search an index with text queries: exact top-k through the engine.
 
     Example: `psbench index search --index index.pt --query "a red ball moves left" -k 10`
     """
     cli = _cli()
-    cli._setup_logging(verbose)
     from psbench.index import check_compatible, load_index, load_run_method, search
 
-    try:
-        idx = load_index(index)
-        run_dir = run or Path(idx.meta.get("run_dir", ""))
-        method, cfg, _ = load_run_method(run_dir, trust_checkpoint)
-        check_compatible(idx, method, cfg.method)
-        method.to(device)
-        result = search(idx, method, query, k, device)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        cli._fail(str(exc))
+    if k < 1:
+        raise policy.UserError(f"-k {k}: must be >= 1")
+    idx = load_index(index)
+    if k > len(idx):
+        policy.print_note("note", f"-k {k} is more than the {len(idx)} videos in {index}: showing all {len(idx)}")
+        k = len(idx)
+    run_dir = run or Path(idx.meta.get("run_dir", ""))
+    method, cfg, _ = load_run_method(run_dir, trust_checkpoint)
+    check_compatible(idx, method, cfg.method)
+    method.to(device)
+    result = search(idx, method, query, k, device)
     for text, ids, scores in zip(query, result.ids, result.scores.tolist(), strict=True):
         table = Table(title=f"{text!r}: top {len(ids)} of {len(idx)} ({idx.method})")
         table.add_column("rank", justify="right")
@@ -260,5 +259,5 @@ def index_search(
 
 def register(app: typer.Typer) -> None:
     """Add ``efficiency`` and the ``index`` sub-app to the main app."""
-    app.command("efficiency")(efficiency)
+    app.command("efficiency")(policy.guarded(efficiency))
     app.add_typer(index_app, name="index")

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from psbench import cli_policy as policy
 
 REPORT_HELP = (
     "Write a Markdown + PDF comparison of finished runs (and optional efficiency results).\n\n"
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``report`` command to ``app``."""
 
     @app.command("report", help=REPORT_HELP)
+    @policy.guarded
     def report(
         runs: Annotated[
             list[Path] | None, typer.Argument(help="Run directories or folders of runs (default: runs/).")
@@ -55,27 +56,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from psbench.report import StatsConfig, build_report
 
-        console, err = Console(), Console(stderr=True)
-        try:
-            result = build_report(
-                runs or [Path("runs")],
-                out,
-                protocol,
-                efficiency or [],
-                pdf,
-                StatsConfig(resamples=resamples, permutations=permutations, seed=seed),
-                title,
-                cross_machine or [],
-            )
-        except (FileNotFoundError, ValueError) as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+        policy.check_output_dir(out, "--out")  # before any run is read
+        policy.on_interrupt(lambda: f"the report in {out} may be incomplete; rerun the same command")
+        result = build_report(
+            runs or [Path("runs")],
+            out,
+            protocol,
+            efficiency or [],
+            pdf,
+            StatsConfig(resamples=resamples, permutations=permutations, seed=seed),
+            title,
+            cross_machine or [],
+        )
         for message in result.conflicts:
-            err.print(f"[yellow]hash conflict, split into separate rows:[/] {message}")
+            policy.print_note("hash conflict, split into separate rows", message)
         for message in result.repeated_seeds:
-            err.print(f"[yellow]repeated seed, counted once:[/] {escape(message)}", highlight=False)
+            policy.print_note("repeated seed, counted once", message)
         for problem in result.problems:
-            err.print(f"[yellow]consistency:[/] {problem}")
-        console.print(f"{result.runs} run(s) -> {result.markdown}")
+            policy.print_note("consistency", problem)
+        policy.print_line(f"{result.runs} run(s) -> {result.markdown}")
         if result.pdf is not None:
-            console.print(f"{result.pdf} ({result.pdf_pages} pages), {len(result.figures)} figure(s)")
+            policy.print_line(f"{result.pdf} ({result.pdf_pages} pages), {len(result.figures)} figure(s)")

@@ -41,6 +41,7 @@ from torch import Tensor
 from psbench import engine, flops
 from psbench.backbone import create_clip, tokenizer_for
 from psbench.method import METHODS, Encoded, RetrievalMethod, create_method
+from psbench.progress import Progress, SilentProgress
 from psbench.runs import atomic_write_json, environment
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ class EfficiencyConfig:
             raise ValueError(f"prefilter {self.prefilter!r}; valid: {', '.join(engine.PREFILTERS)}")
         if self.budget_s <= 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        smallest = min(self.min_gallery, self.gallery) if self.sweep else self.gallery
+        if self.k > smallest:
+            raise ValueError(
+                f"k={self.k} is more than the smallest gallery measured (N={smallest}); use k <= {smallest}"
+            )
 
 
 def register_all_methods() -> None:
@@ -556,18 +562,36 @@ TOPK_PATHS = {
 }
 
 
-def measure_method(name: str, cfg: EfficiencyConfig, sizes: list[int], device: torch.device) -> dict[str, Any]:
-    """All stages of one method: offline, text, online FLOPs, online latency at each gallery size."""
+#: progress steps of one method besides its gallery sizes: offline stage, text stage, online FLOPs
+STAGES_PER_METHOD = 3
+
+
+def measure_method(
+    name: str,
+    cfg: EfficiencyConfig,
+    sizes: list[int],
+    device: torch.device,
+    advance: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """All stages of one method: offline, text, online FLOPs, online latency at each gallery size.
+
+    ``advance(1, step=...)`` is called after each stage and each gallery size
+    (``STAGES_PER_METHOD + len(sizes)`` calls).
+    """
+    advance = advance or (lambda n=1, **info: None)
     dtype = DTYPES[cfg.dtype]
     log.info("efficiency: %s", name)
     method = build_method(name, cfg.arch, device, dtype)
     offline, video = offline_stage(method, cfg, device, dtype)
+    advance(1, step=f"{name} offline")
     text_info, text = text_stage(method, cfg, device)
+    advance(1, step=f"{name} text")
     queries = SyntheticEncoded(text, cfg.queries, device, dtype, cfg.seed).take(cfg.queries)
     cap = cfg.max_gallery_bytes if cfg.max_gallery_bytes is not None else default_gallery_cap(device)
     capacity = min(max(sizes), max(1, cap // max(1, bytes_per_item(video, dtype))))
     gallery = SyntheticEncoded(video, capacity, device, dtype, cfg.seed + 1)
     online = online_flops(method, cfg, queries, gallery.take(min(capacity, cfg.fvcore_videos)))
+    advance(1, step=f"{name} FLOPs")
     runner = OnlineRunner(method, cfg, device, queries, gallery, online["flops_per_pair_closed_form"])
     probe = gallery.take(min(capacity, cfg.block_videos))
     prefiltered = engine.prefilter_operands(method, queries, probe, cfg.k, cfg.block_videos, device, cfg.prefilter)
@@ -576,9 +600,11 @@ def measure_method(name: str, cfg: EfficiencyConfig, sizes: list[int], device: t
     for n in sorted(sizes):
         if points and points[-1].status == "extrapolated":  # cost grows with N: larger points too
             points.append(Point(n, "extrapolated", points[-1].reason))
+            advance(1, step=f"{name} N={n}")
             continue
         points.append(runner.measure_point(n, cap))
         log.info("  N=%d %s", n, points[-1].status)
+        advance(1, step=f"{name} N={n}")
     fit = fill_extrapolated(points, cfg.queries)
     text_flops = text_info["flops_per_query_closed_form"]
     for p in points:
@@ -619,7 +645,9 @@ def ratio_table(results: dict[str, Any], numerator: str = "xpool", denominator: 
     return rows
 
 
-def run_efficiency(cfg: EfficiencyConfig, out_dir: Path | None = None) -> dict[str, Any]:
+def run_efficiency(
+    cfg: EfficiencyConfig, out_dir: Path | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Measure every method; write ``efficiency.json`` and the scaling plot into ``out_dir`` if given."""
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -632,9 +660,14 @@ def run_efficiency(cfg: EfficiencyConfig, out_dir: Path | None = None) -> dict[s
     ratio_pair = {"xpool", "promptswitch"}
     started = time.time()
     methods: dict[str, Any] = {}
-    for name in names:
-        extra = list(cfg.ratio_galleries) if name in ratio_pair and ratio_pair <= set(names) else []
-        methods[name] = measure_method(name, cfg, sorted(set(sizes) | set(extra)), device)
+    per_method = {
+        name: sorted(set(sizes) | set(cfg.ratio_galleries if name in ratio_pair and ratio_pair <= set(names) else ()))
+        for name in names
+    }
+    total = sum(STAGES_PER_METHOD + len(s) for s in per_method.values())
+    with (progress or SilentProgress()).task("efficiency", total) as task:
+        for name in names:
+            methods[name] = measure_method(name, cfg, per_method[name], device, task.advance)
     result = {
         "schema_version": SCHEMA_VERSION,
         "kind": "psbench-efficiency",

@@ -143,8 +143,17 @@ def encode_gallery(
         method.train(was_training)
 
 
-def encode_queries(method: RetrievalMethod, tokens: Tensor, batch_size: int, device: Device) -> Encoded:
-    """Encode text queries (Q, L) in batches with ``method.encode_text``; returns CPU tensors."""
+def encode_queries(
+    method: RetrievalMethod,
+    tokens: Tensor,
+    batch_size: int,
+    device: Device,
+    progress: Callable[[int], None] | None = None,
+) -> Encoded:
+    """Encode text queries (Q, L) in batches with ``method.encode_text``; returns CPU tensors.
+
+    ``progress(num_queries)`` is called after each batch.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tokens.shape[0] == 0:
@@ -158,6 +167,8 @@ def encode_queries(method: RetrievalMethod, tokens: Tensor, batch_size: int, dev
                 chunk = tokens[start : start + batch_size].to(device, non_blocking=True)  # (B, L)
                 enc = _check_encoded(method.encode_text(chunk), f"{type(method).__name__}.encode_text")
                 parts.append(encoded_to(enc, "cpu"))
+                if progress is not None:
+                    progress(int(chunk.shape[0]))
             return concat_encoded(parts)
     finally:
         method.train(was_training)
@@ -188,11 +199,13 @@ def score_matrix(
     block_videos: int = 4096,
     device: Device = "cpu",
     out_device: Device = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """The full (Q, N) float32 score matrix, filled block by block with ``method.similarity``.
 
     Each video block is moved to ``device`` once and scored against every query block. The result
-    lives on ``out_device`` (CPU by default, where the metrics run).
+    lives on ``out_device`` (CPU by default, where the metrics run). ``progress(num_videos)`` is
+    called after each video block (all queries scored against it).
     """
     q, n = encoded_len(text), encoded_len(video)
     out = torch.empty(q, n, dtype=torch.float32, device=out_device)  # (Q, N)
@@ -204,6 +217,8 @@ def score_matrix(
                 q1 = min(q0 + block_queries, q)
                 text_block = encoded_to(slice_encoded(text, q0, q1), device)
                 out[q0:q1, v0:v1] = _similarity_block(method, text_block, video_block).to(out_device)
+            if progress is not None:
+                progress(v1 - v0)
     return out
 
 

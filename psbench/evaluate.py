@@ -55,9 +55,12 @@ def evaluate_split(
             method, dataset, cfg.batch_size, cfg.num_workers, device, task.advance
         )
     tokens = tokenizer([c.text for c in split.captions])  # (Q, L)
-    text = engine.encode_queries(method, tokens, cfg.batch_size, device)
-    with torch.inference_mode():
-        scores = engine.score_matrix(method, text, video, device=device).float().cpu()  # (Q, N)
+    with progress.task(f"encode {split.name} captions", len(split.captions)) as task:
+        text = engine.encode_queries(method, tokens, cfg.batch_size, device, task.advance)
+    with progress.task(f"score {split.name} captions x videos", len(split.video_ids)) as task:
+        with torch.inference_mode():
+            scores = engine.score_matrix(method, text, video, device=device, progress=task.advance)  # (Q, N)
+        scores = scores.float().cpu()
     if cfg.dsl:
         scores = metrics.dual_softmax(scores, cfg.dsl_tau)
     caption_video = np.asarray(split.caption_video_index(), dtype=np.int64)

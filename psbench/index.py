@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,11 +91,19 @@ def load_index(path: Path) -> VideoIndex:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"index file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    not_index = f"{path} is not a psbench index (format {INDEX_FORMAT}, written by `psbench index build`)"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise VideoIndexError(f"{not_index}: torch.load failed: {reason[:200]}") from exc
     if not isinstance(payload, dict) or payload.get("format") != INDEX_FORMAT:
-        raise VideoIndexError(f"{path} is not a psbench index (format {INDEX_FORMAT})")
-    meta = json.loads(payload["meta"])
-    return VideoIndex(payload["method"], list(payload["video_ids"]), dict(payload["encoded"]), meta)
+        raise VideoIndexError(not_index)
+    try:
+        meta = json.loads(payload["meta"])
+        return VideoIndex(payload["method"], list(payload["video_ids"]), dict(payload["encoded"]), meta)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise VideoIndexError(f"{not_index}: malformed payload ({type(exc).__name__}: {exc})") from exc
 
 
 # -- building from a run ----------------------------------------------------------------------------

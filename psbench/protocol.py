@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,56 @@ class ProtocolError(ValueError):
     """A protocol file or override is malformed (unknown key, wrong type, bad value)."""
 
 
+def _rule(
+    default: Any,
+    *,
+    choices: str | tuple[str, ...] | None = None,
+    min: float | None = None,  # noqa: A002 - reads as the schema it declares
+    max: float | None = None,  # noqa: A002
+    above: float | None = None,
+) -> Any:
+    """A config field with its declared values, checked when a protocol or ``--set`` is resolved.
+
+    ``choices``: the valid strings, or ``"module:NAME"`` naming a tuple or a Registry (read when checked);
+    ``min`` / ``max``: inclusive bounds; ``above``: an exclusive lower bound.
+    """
+    rules = {k: v for k, v in (("choices", choices), ("min", min), ("max", max), ("above", above)) if v is not None}
+    return field(default=default, metadata={"rules": rules})
+
+
+def _valid_choices(spec: str | tuple[str, ...]) -> list[str]:
+    if isinstance(spec, tuple):
+        return list(spec)
+    module, _, name = spec.partition(":")
+    found = getattr(importlib.import_module(module), name)
+    return list(found.names()) if hasattr(found, "names") else list(found)
+
+
+def _check_rules(rules: dict[str, Any], value: Any, where: str) -> None:
+    """Raise ProtocolError naming ``where`` if ``value`` breaks a declared choice or range."""
+    if "choices" in rules:
+        valid = _valid_choices(rules["choices"])
+        if value not in valid:
+            raise ProtocolError(f"{where} = {value!r}: not a valid value; valid: {', '.join(valid)}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProtocolError(f"{where} = {value!r}: must be a finite number")
+        low, high, above = rules.get("min"), rules.get("max"), rules.get("above")
+        if low is not None and value < low:
+            raise ProtocolError(f"{where} = {value!r}: must be >= {low}")
+        if high is not None and value > high:
+            raise ProtocolError(f"{where} = {value!r}: must be <= {high}")
+        if above is not None and value <= above:
+            raise ProtocolError(f"{where} = {value!r}: must be > {above}")
+
+
+_SAMPLERS = "psbench.data.sampling:SAMPLERS"
+_TRANSFORMS = "psbench.data.transforms:TRANSFORMS"
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = _rule("synthetic", choices="psbench.data.datasets:DATASETS")
     root: str = "data/synthetic"  # default data root, relative to the working directory
     train_split: str = "train"
     val_split: str = ""  # empty: the dataset has no validation split
@@ -49,42 +98,43 @@ class BackboneConfig:
 
 @dataclass
 class TrainConfig:
-    frames: int = 12
-    sampler: str = "uniform"
-    segments: int = 0  # sampler segments (Prompt Switch: num_prompts); 0 = sampler default
-    transform: str = "resize_center_crop"
-    resolution: int = 224
-    max_words: int = 32
-    batch_size: int = 32  # effective batch across all processes
-    epochs: int = 5
-    lr_clip: float = 1e-6
-    lr_new: float = 1e-5
-    weight_decay: float = 0.2
+    frames: int = _rule(12, min=1)
+    sampler: str = _rule("uniform", choices=_SAMPLERS)
+    segments: int = _rule(0, min=0)  # sampler segments (Prompt Switch: num_prompts); 0 = sampler default
+    transform: str = _rule("resize_center_crop", choices=_TRANSFORMS)
+    resolution: int = _rule(224, min=1)
+    max_words: int = _rule(32, min=1)
+    batch_size: int = _rule(32, min=1)  # effective batch across all processes
+    epochs: int = _rule(5, min=0)
+    lr_clip: float = _rule(1e-6, min=0)
+    lr_new: float = _rule(1e-5, min=0)
+    weight_decay: float = _rule(0.2, min=0)
     no_decay_bias_norm: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    warmup: float = 0.1  # fraction of total steps
-    grad_clip: float = 1.0
+    eps: float = _rule(1e-6, above=0)
+    warmup: float = _rule(0.1, min=0, max=1)  # fraction of total steps
+    grad_clip: float = _rule(1.0, above=0)
     twin_pairs: bool = False  # synthetic: time-reversed twins in the same batch
-    selection: str = "last"  # "last" | "val" | "test_official"
-    num_workers: int = 2
+    selection: str = _rule("last", choices="psbench.train:SELECTION_RULES")
+    num_workers: int = _rule(2, min=0)
     skip_corrupt: bool = False  # skip (and count) training videos that fail to decode instead of failing
 
 
 @dataclass
 class TestConfig:
-    frames: int = 12
-    sampler: str = "uniform"
-    segments: int = 0
-    transform: str = "resize_center_crop"
-    resolution: int = 224
-    max_words: int = 32
-    batch_size: int = 32
-    tie_rule: str = "expected"
-    v2t_rule: str = "group_max"  # "group_max" (lenient, official MSVD) | "all_captions" (strict)
+    frames: int = _rule(12, min=1)
+    sampler: str = _rule("uniform", choices=_SAMPLERS)
+    segments: int = _rule(0, min=0)
+    transform: str = _rule("resize_center_crop", choices=_TRANSFORMS)
+    resolution: int = _rule(224, min=1)
+    max_words: int = _rule(32, min=1)
+    batch_size: int = _rule(32, min=1)
+    tie_rule: str = _rule("expected", choices="psbench.metrics:TIE_RULES")
+    # "group_max" (lenient, official MSVD) | "all_captions" (strict)
+    v2t_rule: str = _rule("group_max", choices="psbench.metrics:V2T_RULES")
     dsl: bool = False
-    dsl_tau: float = 1.0
-    num_workers: int = 2
+    dsl_tau: float = _rule(1.0, above=0)
+    num_workers: int = _rule(2, min=0)
 
 
 @dataclass
@@ -142,7 +192,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     obj = cls()
     for key, value in values.items():
         current = getattr(obj, key)
-        setattr(obj, key, _coerce(value, current, f"{where}{key}"))
+        value = _coerce(value, current, f"{where}{key}")
+        _check_rules(fields[key].metadata.get("rules", {}), value, f"{where}{key}")
+        setattr(obj, key, value)
     return obj
 
 
@@ -249,6 +301,7 @@ def resolve(
         if head == "options" and rest:
             options[rest] = value
         elif head in _SECTIONS and rest:
+            _build(_SECTIONS[head], {rest: value}, "--set " + head + ".")  # named as the user wrote it
             sections[head][rest] = value
         else:
             raise ProtocolError(f"--set {key}: unknown key; use data.*, backbone.*, train.*, test.* or options.*")

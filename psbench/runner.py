@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import baselines  # noqa: F401 - registers the baselines
 from psbench import backbone, distributed
 from psbench.data.compress import read_compress_recipe
 from psbench.data.datasets import load_split
-from psbench.data.loader import VideoCaptionDataset, make_train_loader
+from psbench.data.loader import VideoCaptionDataset, make_train_loader, usable_workers
 from psbench.data.split import RetrievalSplit
 from psbench.data.verify import require_videos
 from psbench.evaluate import evaluate_split, frame_spec
@@ -97,6 +98,7 @@ class RunOptions:
     trust_checkpoint: bool = False
     command: str = ""
     progress: Progress | None = None
+    on_run_dir: Callable[[Path], None] | None = None  # told the new run directory once it exists
 
 
 def load_splits(cfg: RunConfig, data_root: Path) -> tuple[dict[str, RetrievalSplit], dict[str, list[str]]]:
@@ -110,10 +112,18 @@ def load_splits(cfg: RunConfig, data_root: Path) -> tuple[dict[str, RetrievalSpl
             splits["val"] = cfg.data.val_split
     loaded: dict[str, RetrievalSplit] = {}
     skipped: dict[str, list[str]] = {}
+    missing: list[str] = []  # every missing file of every split, named in one error
     for role, name in splits.items():
-        full = load_split(cfg.data, data_root, name)
+        try:
+            full = load_split(cfg.data, data_root, name)
+        except FileNotFoundError as exc:
+            if str(exc) not in missing:
+                missing.append(str(exc))
+            continue
         loaded[role] = require_videos(full, cfg.data.skip_missing)  # refuses an incomplete dataset unless skipping
         skipped[role] = sorted(set(full.video_ids) - set(loaded[role].video_ids))
+    if missing:
+        raise FileNotFoundError("; ".join(missing))
     return loaded, skipped
 
 
@@ -141,9 +151,13 @@ def run(
     command: str = "",
     deterministic: bool = False,
     trust_checkpoint: bool = False,
+    on_run_dir: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Train and evaluate one (protocol, method, seed) in a new run directory; return it."""
-    options = RunOptions(device, deterministic, trust_checkpoint, command, progress)
+    """Train and evaluate one (protocol, method, seed) in a new run directory; return it.
+
+    ``on_run_dir(path)`` is called once the run directory exists (the CLI names it on Ctrl-C).
+    """
+    options = RunOptions(device, deterministic, trust_checkpoint, command, progress, on_run_dir)
     return _execute(cfg, resolve_paths(cfg, data_root, weights), options, runs_dir=runs_dir)
 
 
@@ -211,6 +225,8 @@ def _execute(
         else:
             assert runs_dir is not None
             run_dir = _new_run_dir(runs_dir, cfg)  # probes the runs directory: fails before training
+            if opts.on_run_dir is not None:
+                opts.on_run_dir(run_dir)
         if resume_dir is None and here.is_main:
             _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev)
         log.info("run directory %s", run_dir)
@@ -270,6 +286,11 @@ def _write_run_record(
         "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
         "determinism": determinism,
         "trust_checkpoint": opts.trust_checkpoint,
+        # loader processes actually used: the protocol's num_workers capped by the CPUs this process may use
+        "loader_workers": {
+            "train": usable_workers(cfg.train.num_workers),
+            "test": usable_workers(cfg.test.num_workers),
+        },
         "distributed": {
             "world_size": here.world_size,
             "backend": here.backend,

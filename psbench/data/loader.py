@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -346,6 +347,68 @@ def _pin_memory() -> bool:
     return torch.cuda.is_available()
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def usable_workers(requested: int) -> int:
+    """Loader worker processes actually started: ``requested`` capped by :func:`available_cpus`."""
+    if requested < 0:
+        raise ValueError(f"num_workers must be >= 0, got {requested}")
+    return min(requested, available_cpus())
+
+
+def _capped_workers(requested: int) -> int:
+    used = usable_workers(requested)
+    if used < requested:
+        log.info("num_workers=%d capped to %d: this process may use %d CPU(s)", requested, used, available_cpus())
+    return used
+
+
+def worker_error(exc: BaseException) -> BaseException | None:
+    """The original error of a DataLoader worker, rebuilt from torch's re-raised copy, else None.
+
+    torch re-raises a worker's exception in the main process as the same type with the worker's whole
+    traceback as its message; this returns an exception of that type with the original message only, so
+    a corrupt video reads the same with ``num_workers > 0`` as with ``num_workers = 0``.
+    """
+    text = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else ""
+    if not text.startswith("Caught ") or "DataLoader worker process" not in text.split("\n", 1)[0]:
+        return None
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    marker = f"\n{name}: "
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    try:
+        return cls(text[at + len(marker) :].rstrip("\n"))
+    except Exception:  # noqa: BLE001 - an exception type that cannot be rebuilt from a message
+        return None
+
+
+class WorkerErrorLoader(DataLoader):
+    """A DataLoader whose worker errors are re-raised as the original error (type and one-line message)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                original = worker_error(exc)
+                if original is None:
+                    raise
+                raise original from None
+            yield item
+
+
 def make_train_loader(
     dataset: VideoCaptionDataset,
     batch_size: int,
@@ -371,10 +434,10 @@ def make_train_loader(
         )
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, drop_last, num_replicas, rank)
-    return DataLoader(
+    return WorkerErrorLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=num_workers,
+        num_workers=_capped_workers(num_workers),
         collate_fn=functools.partial(collate_train, unique_videos=unique_videos),
         pin_memory=_pin_memory(),
         persistent_workers=False,
@@ -383,12 +446,12 @@ def make_train_loader(
 
 def make_gallery_loader(dataset: GalleryDataset, batch_size: int, num_workers: int) -> DataLoader:
     """Evaluation loader: the gallery in order, each video once, last batch kept."""
-    return DataLoader(
+    return WorkerErrorLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,
-        num_workers=num_workers,
+        num_workers=_capped_workers(num_workers),
         collate_fn=collate_gallery,
         pin_memory=_pin_memory(),
     )

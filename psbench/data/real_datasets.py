@@ -61,15 +61,23 @@ def annotation_files(cfg: DataConfig, dataset: str) -> dict[str, str]:
 
 
 def _file(cfg: DataConfig, dataset: str, root: Path, key: str) -> Path:
+    return _files(cfg, dataset, root, key)[0]
+
+
+def _files(cfg: DataConfig, dataset: str, root: Path, *keys: str) -> list[Path]:
+    """The annotation files of ``keys``; one error naming EVERY missing file, not just the first."""
     files = annotation_files(cfg, dataset)
-    if key not in files:
+    unknown = [k for k in keys if k not in files]
+    if unknown:
         raise ValueError(
-            f"dataset {dataset!r}: no annotation file for {key!r} in data.files; known keys: {', '.join(sorted(files))}"
+            f"dataset {dataset!r}: no annotation file for {', '.join(map(repr, unknown))} in data.files; "
+            f"known keys: {', '.join(sorted(files))}"
         )
-    path = root / files[key]
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset {dataset!r}: annotation file {path} (data.files.{key}) not found")
-    return path
+    paths = [root / files[k] for k in keys]
+    missing = [f"{p} (data.files.{k})" for k, p in zip(keys, paths, strict=True) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset {dataset!r}: annotation file(s) not found: {', '.join(missing)}")
+    return paths
 
 
 def video_folder(cfg: DataConfig, root: Path) -> Path:
@@ -107,15 +115,14 @@ def _finish(cfg: DataConfig, split: RetrievalSplit, split_name: str) -> Retrieva
 def _load_msrvtt(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
     video_dir = video_folder(cfg, root)
     if f"{split}_captions" in annotation_files(cfg, "msrvtt"):
-        data_json = _file(cfg, "msrvtt", root, f"{split}_captions")
-        return load_msrvtt_train(data_json, _file(cfg, "msrvtt", root, split), video_dir, name=split)
+        data_json, id_csv = _files(cfg, "msrvtt", root, f"{split}_captions", split)
+        return load_msrvtt_train(data_json, id_csv, video_dir, name=split)
     return load_msrvtt_test(_file(cfg, "msrvtt", root, split), video_dir, name=split)
 
 
 def _load_msvd(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
-    return load_msvd_split(
-        _file(cfg, "msvd", root, "captions"), _file(cfg, "msvd", root, split), video_folder(cfg, root), name=split
-    )
+    captions, ids = _files(cfg, "msvd", root, "captions", split)
+    return load_msvd_split(captions, ids, video_folder(cfg, root), name=split)
 
 
 def _load_lsmdc(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:

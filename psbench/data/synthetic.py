@@ -77,6 +77,8 @@ RADIUS = 9.0  # object half-size at size 64: ~18 px objects, ~9 px after resizin
 ROW_WORDS = ("top", "middle", "bottom")
 COL_WORDS = ("left", "center", "right")
 MULTI_CAPTION_FRACTION = 0.3
+#: twin pairs per split written by default (two videos each): 800 train, 100 val, 200 test videos
+DEFAULT_PAIRS = {"train": 400, "val": 50, "test": 100}
 FRAME_CAPTIONS_PER_VIDEO = 6
 BOUNDARY_JITTER = 0.06  # segment boundaries move by up to this fraction of the video
 VIDEO_CODEC, VIDEO_CRF = "libx264", 0  # lossless: a twin decodes to exactly the reversed frames
@@ -422,9 +424,9 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
 def generate_synthetic(
     out_dir: Path,
     seed: int = 0,
-    n_train_pairs: int = 400,
-    n_val_pairs: int = 50,
-    n_test_pairs: int = 100,
+    n_train_pairs: int = DEFAULT_PAIRS["train"],
+    n_val_pairs: int = DEFAULT_PAIRS["val"],
+    n_test_pairs: int = DEFAULT_PAIRS["test"],
     size: int = 64,
     num_frames: int = 56,
     fps: int = 8,
