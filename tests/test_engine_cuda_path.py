@@ -83,7 +83,8 @@ def test_device_path_equals_float32_oracle(
 ) -> None:
     method = method_cls()
     text, video = data(11, 301, dtype, device, seed=k)
-    full = score_matrix(method, text, video, device=device)  # (Q, N) float32 cast of the native scores
+    # (Q, N) float32 cast of the native scores, from calls of the same block shapes (the same kernels)
+    full = score_matrix(method, text, video, bq, bv, device=device)
     values, indices = topk(method, text, video, k, bq, bv, device=device, device_path=True)
     oracle_values, oracle_indices = oracle(full, k)
     assert values.dtype == torch.float32 and values.device.type == "cpu"
