@@ -218,3 +218,10 @@ def test_cuda_blocks_do_not_synchronise(dtype: torch.dtype) -> None:
     index = torch.arange(20_000, device="cuda").expand(64, -1)
     assert torch.equal(best, topk_keys(sort_keys(scores.float(), index), 10))
     assert not bool(flag)
+
+
+def test_efficiency_records_the_device_path() -> None:
+    from psbench.efficiency import DEVICE_TOPK_PATH
+    from psbench.report.efficiency import topk_path_label
+
+    assert topk_path_label(DEVICE_TOPK_PATH) == "device path, native dtype"
