@@ -560,6 +560,7 @@ TOPK_PATHS = {
     False: "float32 scores for every pair + exact top-k",
     True: "bfloat16 prefilter with a proven error bound + float32 rescoring (exact top-k)",
 }
+DEVICE_TOPK_PATH = "device path: scores in the method's dtype + exact top-k from each block's k best groups"
 
 
 #: progress steps of one method besides its gallery sizes: offline stage, text stage, online FLOPs
@@ -595,7 +596,8 @@ def measure_method(
     runner = OnlineRunner(method, cfg, device, queries, gallery, online["flops_per_pair_closed_form"])
     probe = gallery.take(min(capacity, cfg.block_videos))
     prefiltered = engine.prefilter_operands(method, queries, probe, cfg.k, cfg.block_videos, device, cfg.prefilter)
-    topk_path = TOPK_PATHS[prefiltered is not None]
+    on_device = engine.uses_device_path(device, None)
+    topk_path = DEVICE_TOPK_PATH if on_device else TOPK_PATHS[prefiltered is not None]
     points: list[Point] = []
     for n in sorted(sizes):
         if points and points[-1].status == "extrapolated":  # cost grows with N: larger points too

@@ -11,8 +11,11 @@ pair is packed into one int64 sort key (order-preserving float32 bits in the hig
 complemented index in the low word), so every key is unique and ``torch.topk`` over keys has one
 correct answer, whatever the block layout or shard split. Keys are packed only for the scores that
 can still enter the top-k: on CPU those at or above a per-row threshold bounded from group maxima
-(one pass over the block, no sort), on CUDA each block's k + 1 best from one float ``torch.topk``
-(whole rows only when a tie straddles the k-th place).
+(one pass over the block, no sort). On accelerators (the *device path*, ``psbench.device_topk``) the
+scores stay in the method's dtype (fp16/bf16 are not copied to float32), each block's top-k comes
+from its k best groups of consecutive videos (fixed shapes, proven exact), and the host waits for
+the device once per call: NaN is flagged on the device and checked after the last block. Block
+sizes default to CPU-sized blocks on the CPU and to memory-sized blocks on the device path.
 
 For inner-product methods on CPUs with native bfloat16 dot products, ``topk`` by default rules out
 most of the gallery with a bfloat16 matmul and a proven error bound, then rescores the survivors in
@@ -29,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from psbench import device_topk
 from psbench.method import Encoded, RetrievalMethod
 from psbench.prefilter import (
     bf16_matmul_is_fast,
@@ -181,13 +185,16 @@ def _blocks(total: int, size: int, name: str) -> range:
     return range(0, total, size)
 
 
-def _similarity_block(method: RetrievalMethod, text: Encoded, video: Encoded) -> Tensor:
+def _similarity_block(method: RetrievalMethod, text: Encoded, video: Encoded, native: bool = False) -> Tensor:
+    """(q, n) scores of one block: float32, or in the method's own dtype with ``native``."""
     scores = method.similarity(text, video)  # (q, n)
     expected = (encoded_len(text), encoded_len(video))
     if tuple(scores.shape) != expected:
         raise ValueError(
             f"{type(method).__name__}.similarity returned shape {tuple(scores.shape)}, expected {expected}"
         )
+    if native and scores.is_floating_point():
+        return scores
     return scores.float()
 
 
@@ -224,24 +231,11 @@ def score_matrix(
 
 # -- exact top-k -----------------------------------------------------------------------------------------
 def _block_topk_keys(scores: Tensor, offset: int, k: int) -> Tensor:
-    """Exact top-k keys of one (q, v) score block whose first column is gallery index ``offset``.
+    """Exact top-k keys (q, <=k) of one (q, v) score block whose first column is gallery index ``offset``.
 
-    A float ``torch.topk`` for k + 1 finds the right set whenever the k-th and (k+1)-th values
-    differ; only rows with a tie across that boundary are re-ranked with full-row keys. This keeps
-    the cost of one ``torch.topk`` per block instead of packing keys for every score.
+    The device path's fixed-shape selection (``device_topk.block_topk_keys``); a NaN raises at once.
     """
-    v = scores.shape[1]
-    values, local = torch.topk(scores, min(k + 1, v), dim=1, sorted=True)  # (q, <=k+1)
-    if torch.isnan(values[:, 0]).any():  # topk puts NaN first
-        raise ValueError("scores contain NaN; top-k would be undefined")
-    keys = sort_keys(values[:, :k], local[:, :k] + offset)  # (q, <=k)
-    if values.shape[1] > k:
-        ambiguous = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()  # (a,)
-        if ambiguous.numel():
-            rows = scores[ambiguous]  # (a, v)
-            index = torch.arange(offset, offset + v, device=scores.device).expand_as(rows)  # (a, v)
-            keys[ambiguous] = topk_keys(sort_keys(rows, index), k)
-    return topk_keys(keys, k)  # sorted by (score desc, index asc)
+    return device_topk.block_topk_keys(scores, offset, k)
 
 
 def _candidate_keys(scores: Tensor, best: Tensor, offset: int, k: int) -> Tensor:
@@ -287,32 +281,82 @@ def prefilter_operands(
     return operands if eligible and fast else None
 
 
+CPU_BLOCKS = (1024, 4096)  # (block_queries, block_videos) when the CPU path is not told otherwise
+
+
+def uses_device_path(device: Device, device_path: bool | None) -> bool:
+    """Whether ``topk`` takes the device path: by default on every device but the CPU."""
+    return torch.device(device).type != "cpu" if device_path is None else bool(device_path)
+
+
+def topk_block_sizes(
+    text: Encoded,
+    video: Encoded,
+    block_queries: int | None,
+    block_videos: int | None,
+    device: Device,
+    device_path: bool,
+) -> tuple[int, int]:
+    """The block sizes ``topk`` uses: the given ones, else ``CPU_BLOCKS`` on the CPU path and
+    ``device_topk.device_block_sizes`` (from Q, N, bytes per query and per video, free memory) on the
+    device path. Scores are assumed to take the element size of the text's first floating tensor."""
+    if block_queries is not None and block_videos is not None:
+        return block_queries, block_videos
+    if not device_path:
+        bq, bv = CPU_BLOCKS
+    else:
+        floats = [t for t in text.values() if t.is_floating_point()]
+        score_bytes = floats[0].element_size() if floats else 4
+        bq, bv = device_topk.device_block_sizes(
+            encoded_len(text),
+            encoded_len(video),
+            encoded_nbytes_per_item(text),
+            encoded_nbytes_per_item(video),
+            score_bytes,
+            device_topk.free_device_bytes(torch.device(device)),
+        )
+    return (bq if block_queries is None else block_queries), (bv if block_videos is None else block_videos)
+
+
 def topk(
     method: RetrievalMethod,
     text: Encoded,
     video: Encoded,
     k: int,
-    block_queries: int = 1024,
-    block_videos: int = 4096,
+    block_queries: int | None = None,
+    block_videos: int | None = None,
     device: Device = "cpu",
     prefilter: str = "auto",
+    device_path: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k videos per query: (scores (Q, k) float32, indices (Q, k) int64), on CPU.
 
     Sorted by descending score, ties broken by the lower gallery index (-0.0 counts as, and is
     returned as, 0.0). Each query block keeps a
     running top-k merged with every video block's top-k, so memory is O(block_queries x block_videos)
-    and the (Q, N) matrix is never built. ``prefilter``: see :func:`prefilter_operands`.
+    and the (Q, N) matrix is never built. ``prefilter``: see :func:`prefilter_operands` (CPU path
+    only). ``device_path``: None takes it on every device but the CPU; True forces it (also on CPU
+    tensors, which is how the tests run it), False forces the CPU path. Block sizes: see
+    :func:`topk_block_sizes`.
     """
     q, n = encoded_len(text), encoded_len(video)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] (the gallery size), got {k}")
     if n - 1 > MAX_INDEX:
         raise ValueError(f"gallery of {n} items exceeds the top-k index limit {MAX_INDEX + 1}")
+    on_device = uses_device_path(device, device_path)
+    block_queries, block_videos = topk_block_sizes(text, video, block_queries, block_videos, device, on_device)
     video_starts = _blocks(n, block_videos, "block_videos")
+    query_starts = _blocks(q, block_queries, "block_queries")
+    if on_device:
+        if prefilter not in PREFILTERS:
+            raise ValueError(f"prefilter {prefilter!r}; valid: {', '.join(PREFILTERS)}")
+        if prefilter == "bf16":
+            raise ValueError("prefilter 'bf16' runs on the CPU path only; the device path takes 'auto' or 'off'")
+        return _device_topk(method, text, video, k, block_queries, block_videos, device)
     out_scores, out_indices = [], []
     with torch.inference_mode():
-        for q0 in _blocks(q, block_queries, "block_queries"):
+        for q0 in query_starts:
             q1 = min(q0 + block_queries, q)
             text_block = encoded_to(slice_encoded(text, q0, q1), device)
             operands = prefilter_operands(method, text_block, video, k, block_videos, device, prefilter)
@@ -337,6 +381,39 @@ def topk(
             out_scores.append(values)
             out_indices.append(indices)
     return torch.cat(out_scores), torch.cat(out_indices)
+
+
+def _device_topk(
+    method: RetrievalMethod,
+    text: Encoded,
+    video: Encoded,
+    k: int,
+    block_queries: int,
+    block_videos: int,
+    device: Device,
+) -> tuple[Tensor, Tensor]:
+    """The device path of :func:`topk`: native-dtype scores, fixed-shape selection, one wait at the end."""
+    q, n = encoded_len(text), encoded_len(video)
+    nan_seen: Tensor | None = None  # bool scalar on the scores' device, OR-ed per block
+    parts: list[Tensor] = []
+    with torch.inference_mode():
+        for q0 in _blocks(q, block_queries, "block_queries"):
+            q1 = min(q0 + block_queries, q)
+            text_block = encoded_to(slice_encoded(text, q0, q1), device)
+            best: Tensor | None = None  # (q, <=k) running keys
+            for v0 in _blocks(n, block_videos, "block_videos"):
+                v1 = min(v0 + block_videos, n)
+                video_block = encoded_to(slice_encoded(video, v0, v1), device)
+                scores = _similarity_block(method, text_block, video_block, native=True)  # (q, v) native dtype
+                if nan_seen is None:
+                    nan_seen = torch.zeros((), dtype=torch.bool, device=scores.device)
+                block_best = device_topk.block_topk_keys(scores, v0, k, nan_seen)  # (q, <=k)
+                best = block_best if best is None else topk_keys(torch.cat([best, block_best], dim=1), k)
+            parts.append(best)
+        keys = torch.cat(parts).cpu()  # (Q, k): the one wait for the device
+    if nan_seen is not None and bool(nan_seen.cpu()):
+        raise ValueError("scores contain NaN; top-k would be undefined")
+    return unpack_keys(keys)
 
 
 def merge_topk(parts: Sequence[tuple[Tensor, Tensor]], k: int | None = None) -> tuple[Tensor, Tensor]:

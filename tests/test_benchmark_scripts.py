@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from psbench import cpu_linear
 from psbench.matmul_peak import fp32_matmul_peak
 
@@ -44,3 +46,25 @@ def test_xpool_similarity_runs_at_toy_size() -> None:
     script = "benchmarks/xpool_similarity.py"
     stdout = run_script(script, "--queries", "8", "--videos", "300", "--matmul-size", "128", "--no-mlock")
     assert "ratio to matmul peak" in stdout and "peak extra RSS" in stdout
+
+
+def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    """The GPU check script runs end to end at toy sizes on the CPU, so the device call cannot fail on a typo."""
+    out = tmp_path / "out"
+    run_script("benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out))
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert (out / "gpu_check.log").is_file() and report["environment"]["torch"] == torch.__version__
+    points = report["topk"]["points"]
+    assert {(p["dtype"], p["videos"]) for p in points} == {(d, n) for d in ("fp16", "bf16") for n in (3000, 7000)}
+    assert all(p["exact_vs_float32_oracle"]["exact"] and p["gemm_s"] > 0 and p["ratio_to_gemm"] > 0 for p in points)
+    xpool = report["xpool"]
+    if "forms" in xpool:
+        assert "reference" in xpool["forms"] and xpool["bf16_gemm"]["peak_tflops"] > 0
+        assert set(xpool["forms"]) | set(xpool["not_measured"]) == {"reference", "folded"}
+    else:
+        assert xpool["status"].startswith("not measured")
+    assert report["train_real_video"]["status"].startswith("not implemented")
+    # a spent budget skips every point and says so
+    run_script("benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out), "--budget-s", "0")
+    skipped = json.loads((out / "gpu_check.json").read_text())
+    assert skipped["topk"]["points"] == [] and len(skipped["topk"]["skipped"]) == 4

@@ -76,6 +76,8 @@ def topk_path_label(path: str | None) -> str:
     """Short name of the engine's top-k path (older results did not record it)."""
     if not path:
         return DASH
+    if path.startswith("device path"):
+        return "device path, native dtype"
     return "bf16 prefilter + fp32 rescore" if path.startswith("bfloat16 prefilter") else "fp32 every pair"
 
 
