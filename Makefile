@@ -10,7 +10,7 @@ DATA ?= data/synthetic
 RUNS ?= runs/synthetic
 REPORT ?= reports/synthetic
 
-.PHONY: install test demo lint
+.PHONY: install test test-kernels demo lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ install: $(VENV)/.installed
 test: install
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# The numerics-sensitive tests again under other kernel selections of this same CPU, so that one
+# developer's CPU is never the only one tested: torch's elementwise kernels (default, AVX2) and
+# BLAS / oneDNN without AVX-512 or AMX.
+NUMERICS_TESTS := tests/test_engine.py tests/test_prefilter.py tests/test_metrics.py tests/test_cpu_linear.py \
+	tests/test_xpool.py
+KERNEL_SELECTIONS := ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 \
+	"MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"
+
+test-kernels: install
+	@for sel in $(KERNEL_SELECTIONS); do \
+		echo "== numerics tests under $$sel: torch kernels $$(env $$sel $(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability())")"; \
+		env $$sel $(PY) -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) || exit 1; \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

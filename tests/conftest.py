@@ -25,6 +25,21 @@ def _shared_annotations() -> Path:
 SHARED_ANNOTATIONS = _shared_annotations()
 
 
+#: what the CLI tests see as their terminal, whatever the developer's or CI's terminal is
+FIXED_TERMINAL = {"COLUMNS": "200", "LINES": "50", "NO_COLOR": "1"}
+#: environment variables with which rich would colour, resize or treat a pipe as a terminal
+TERMINAL_OVERRIDES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "JUPYTER_LINES")
+
+
+@pytest.fixture(autouse=True)
+def fixed_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees the same terminal: 200 columns, no colour (CLI output must not depend on $COLUMNS)."""
+    for name in TERMINAL_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FIXED_TERMINAL.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny generated synthetic set (8 / 2 / 4 twin pairs) with a random tiny CLIP saved as its weights."""
