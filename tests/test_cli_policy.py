@@ -190,3 +190,29 @@ def test_every_missing_annotation_file_is_named_at_once(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(tmp_path / "captions_msvd.json") in message
     assert str(tmp_path / "test_list.txt") in message
+
+
+def test_efficiency_and_evaluation_report_progress_with_totals(
+    tiny_synthetic: Path, tmp_path: Path, one_torch_thread: None
+) -> None:
+    """The long steps (efficiency points; encoding and scoring the test split) each have a bar with a total."""
+    from psbench import efficiency as eff
+
+    out = io.StringIO()
+    cfg = eff.EfficiencyConfig(
+        methods=["meanpool"], arch="psbench-tiny", frames=4, queries=4, gallery=200, sweep=False, repeats=1
+    )
+    with RichProgress(console=_plain(out)) as progress:
+        eff.run_efficiency(cfg, None, progress=progress)
+    lines = out.getvalue().splitlines()
+    assert re.fullmatch(r"efficiency: 0/(\d+) \(0%\) \d+s", lines[0]), lines
+    total = lines[0].split("/")[1].split()[0]
+    assert re.fullmatch(rf"efficiency: {total}/{total} \(100%\) \d+s( .*)? done", lines[-1]), lines
+
+    sets = [a for k, v in {**TINY_SETS, "train.epochs": 0}.items() for a in ("--set", f"{k}={v}")]
+    args = ["run", "-m", "meanpool", "--data-root", str(tiny_synthetic), "--runs-dir", str(tmp_path), *sets]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for step in ("encode test videos", "encode test captions", "score test captions x videos"):
+        done = [line for line in result.output.splitlines() if line.startswith(f"{step}: ") and "done" in line]
+        assert done and re.match(rf"{step}: (\d+)/\1 \(100%\)", done[0]), (step, result.output)
