@@ -266,19 +266,39 @@ class XPool(RetrievalMethod):
         pooled = self.pool_head.pool(query, keys, video["values"][v_sl], mask, self.fold_out_proj)  # (Nb, Qb, D)
         return cosine_with(text_unit, pooled).t()
 
-    def online_flops_per_pair(self, num_frames: int) -> int:
-        """FLOPs of the per-pair work done by ``similarity`` in eval mode (multiply-add = 2).
+    def online_matmul_flops_per_pair(self, num_frames: int) -> int:
+        """Exact FLOPs (multiply-add = 2) of the matrix products ``similarity`` runs per (text, video)
+        pair in eval mode: what fvcore counts, less the per-query and per-block terms.
 
-        Approximate in the O(D) and O(F) terms: LN2, residual, LN3 and the cosine count as 25 D.
+        fold_norms (K = H*F + 1): logits 2FD, text . folded rows 2KD, the three Gram quadratic forms
+        alpha @ [C | G | G3] 6K^2, the linear terms alpha @ [g | g3 | h] 6K. Otherwise: logits 2FD, the
+        weighted sum of values (2HFD W_o-folded, else 2FD), W_l 2D^2 (+ W_o 2D^2 when not folded).
+        """
+        d, h, f = self.pool_head.dim, self.pool_head.num_heads, num_frames
+        logits = 2 * f * d
+        if self.fold_norms:
+            k = h * f + 1
+            return logits + 2 * k * d + 6 * k * k + 6 * k
+        weighted_sum = 2 * h * f * d if self.fold_out_proj else 2 * f * d
+        proj = 2 * d * d * (1 if self.fold_out_proj else 2)  # W_l (+ W_o when not folded)
+        return proj + logits + weighted_sum
+
+    def online_flops_per_pair(self, num_frames: int) -> int:
+        """FLOPs of the per-pair work done by ``similarity`` in eval mode (multiply-add = 2): the one
+        formula every FLOP figure of X-Pool uses (``psbench.flops`` calls it).
+
+        :meth:`online_matmul_flops_per_pair` plus the element-wise work, approximate: 25 D for LN2,
+        residual, LN3 and the cosine; with ``fold_norms`` 8K for the products with alpha summed over K
+        (quadratic forms, text term) and 36 for the per-pair scalar LayerNorm/cosine algebra. The
+        softmax (~3HF) is left out on both paths, as in spec §5.4.
         """
         d, h = self.pool_head.dim, self.pool_head.num_heads
-        logits = 2 * num_frames * d
         if self.fold_norms:
             k = h * num_frames + 1
-            return logits + 2 * k * d + 8 * k * k + 30 * k
-        weighted_sum = 2 * h * num_frames * d if self.fold_out_proj else 2 * num_frames * d
-        proj = 2 * d * d * (1 if self.fold_out_proj else 2)  # W_l (+ W_o when not folded)
-        return proj + logits + weighted_sum + 25 * d
+            elementwise = 8 * k + 36
+        else:
+            elementwise = 25 * d
+        return self.online_matmul_flops_per_pair(num_frames) + elementwise
 
     def extra_state(self) -> dict[str, object]:
         head = self.pool_head

@@ -94,8 +94,8 @@ def flops_formula(method: XPool) -> str:
     """The per-pair FLOP formula that ``XPool.online_flops_per_pair`` evaluates, in words."""
     if method.fold_norms:
         return (
-            "2FD (logits) + 2KD (text . folded rows, K = HF + 1) + 8K^2 (three Gram quadratic forms "
-            "+ linear terms) + 30K (softmax, scalars; approximate)"
+            "2FD (logits) + 2KD (text . folded rows, K = HF + 1) + 6K^2 (three Gram quadratic forms) "
+            "+ 6K (linear terms) + 8K + 36 (sums over K, per-pair scalars; approximate)"
         )
     return (
         "2D^2 (W_l)"

@@ -13,7 +13,8 @@ use; :func:`attention_handles` adds them:
   values, ``B L S E + B L S Ev`` MACs, dense (a causal or boolean mask does not reduce the count);
 * ``aten::_native_multi_head_attention`` (the inference fast path of ``nn.MultiheadAttention``):
   in-projections, scores, weighted values and output projection;
-* ``aten::baddbmm`` / ``aten::addbmm`` (batched GEMMs with an added bias).
+* ``aten::baddbmm`` / ``aten::addbmm`` (batched GEMMs with an added bias);
+* ``aten::matmul`` with a 1-D operand (a vector product, which fvcore's handle rejects).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ ELEMENTWISE_OPS: tuple[str, ...] = (
     "aten::repeat_interleave",
     "aten::upsample_linear1d",  # Video Proxy's temporal-embedding resize: O(F W), negligible
     "aten::eye",  # X-Pool's I + W_l (residual folded into the last projection): D^2 adds per block
+    "aten::new_ones",  # X-Pool fold_norms: alpha's weight-1 column for b_o
     "aten::linalg_vecdot",  # X-Pool's cosine numerator: an element-wise product + sum, like mul + sum
 )
 
@@ -130,9 +132,19 @@ def baddbmm_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return a[0] * a[1] * a[2] * b[2]
 
 
+def matmul_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::matmul`` with torch's full rules: 1-D operands (vector products) and broadcast batches."""
+    a, b = _shape(inputs[0]), _shape(inputs[1])
+    a = [1, *a] if len(a) == 1 else a
+    b = [*b, 1] if len(b) == 1 else b
+    batch = torch.broadcast_shapes(torch.Size(a[:-2]), torch.Size(b[:-2]))
+    return math.prod(batch) * a[-2] * a[-1] * b[-1]
+
+
 def attention_handles() -> dict[str, Handle]:
     """Handles for the operators fvcore's defaults miss on open_clip ViTs and our methods."""
     return {
+        "aten::matmul": matmul_macs,
         "aten::scaled_dot_product_attention": sdpa_macs,
         "aten::_native_multi_head_attention": native_mha_macs,
         "aten::baddbmm": baddbmm_macs,
@@ -368,13 +380,9 @@ def frame_vit_video_flops(method: RetrievalMethod, frames: int) -> int:
 
 
 def xpool_pair_flops(method: RetrievalMethod, frames: int, dim: int) -> float:
-    """X-Pool per pair as our ``similarity`` does it (spec §5.4), with W_o folded or not."""
-    head = method.pool_head
-    folded = bool(getattr(method, "fold_out_proj", False))
-    logits = 2 * frames * dim
-    weighted = 2 * head.num_heads * frames * dim if folded else 2 * frames * dim
-    projections = 2 * dim * dim * (1 if folded else 2)  # W_l (+ W_o)
-    return float(projections + logits + weighted + 25 * dim)
+    """X-Pool per pair: the method's own formula (``XPool.online_flops_per_pair``: W_o folded or not,
+    fold_norms on or off); ``dim`` is the method's own width."""
+    return float(method.online_flops_per_pair(frames))  # type: ignore[attr-defined]
 
 
 def xpool_video_flops(method: RetrievalMethod, frames: int) -> int:

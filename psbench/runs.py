@@ -3,7 +3,8 @@
 A run lives in ``runs/<utc-time>_<protocol>_<method>_s<seed>/`` and is never overwritten:
 ``config.json`` (resolved config + hashes), ``environment.json``, ``train_log.jsonl``,
 ``checkpoint_last.pt``, ``metrics.json`` (schema-versioned), ``ranks.json`` (per-query ranks).
-Every file is written to a temporary name in the same directory, flushed, then renamed.
+Every file is written atomically (:mod:`psbench.atomic`): temporary name in the same directory, fsync,
+the umask's mode, rename.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from psbench import cpu_linear, jsonio
+from psbench import atomic, cpu_linear, jsonio
 from psbench.prefilter import bf16_matmul_is_fast
 
 METRICS_SCHEMA_VERSION = 1
@@ -31,42 +31,19 @@ class RunDirError(RuntimeError):
     """The runs directory cannot be used (exists, not writable, out of space)."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """JSON through :mod:`psbench.atomic` (temporary file, fsync, umask mode, rename)."""
+    atomic.write_json(path, obj)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode())
+    """Text through :mod:`psbench.atomic`."""
+    atomic.write_text(path, text)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file + rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through :mod:`psbench.atomic`: a crash never leaves a half-written file."""
+    atomic.torch_save(obj, path)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -121,3 +121,36 @@ def test_offline_closed_form_per_method() -> None:
         count = flops.count_encode_video_flops(method, frames, mask)
         closed = flops.closed_form_video_flops(method, 6)
         assert count.flops == pytest.approx(closed, rel=0.03), name
+
+
+@pytest.mark.parametrize(
+    "opts", [{"fold_norms": True}, {"fold_norms": True, "num_heads": 2}, {}, {"fold_out_proj": False}]
+)
+def test_xpool_pair_flops_have_one_source(opts: dict) -> None:
+    """flops.py's X-Pool per-pair figure is the method's; its matmul part equals a hand count and fvcore."""
+    q, n, frames = 3, 5, 4
+    xpool = create_method("xpool", create_clip("psbench-tiny"), opts).eval()
+    d, h = xpool.pool_head.dim, xpool.pool_head.num_heads
+    assert flops.closed_form_pair_flops(xpool, frames, d) == xpool.online_flops_per_pair(frames)
+
+    k = h * frames + 1
+    if xpool.fold_norms:  # MACs per pair: logits FD, text . rows KD, alpha @ [C|G|G3] 3K^2, alpha @ [g|g3|h] 3K
+        hand_macs = frames * d + k * d + 3 * k * k + 3 * k
+        hand_elementwise = 8 * k + 36
+    elif xpool.fold_out_proj:  # logits FD, W_o-folded weighted sum HFD, W_l D^2
+        hand_macs, hand_elementwise = frames * d + h * frames * d + d * d, 25 * d
+    else:  # logits FD, weighted sum FD, W_o and W_l 2D^2
+        hand_macs, hand_elementwise = 2 * frames * d + 2 * d * d, 25 * d
+    assert xpool.online_matmul_flops_per_pair(frames) == 2 * hand_macs
+    assert xpool.online_flops_per_pair(frames) == 2 * hand_macs + hand_elementwise
+
+    with torch.no_grad():
+        video = xpool.encode_video(torch.randn(n, frames, 3, 32, 32), torch.ones(n, frames, dtype=torch.bool))
+        text = xpool.encode_text(torch.randint(1, 100, (q, 32)))
+    count = flops.count_similarity_flops(xpool, text, video)  # one block: q x n pairs
+    assert count.unsupported == {}
+    # fold_norms' per-query / per-block terms: t . gamma3 e_c and t . beta3 (2D per query), four D-dots
+    # of constants and the linear applied to beta2 (D^2) in _fold_constant
+    overhead = 2 * q * d + 4 * d + d * d if xpool.fold_norms else 0
+    matmuls = count.macs - count.by_operator.get("layer_norm", 0) - overhead
+    assert matmuls == q * n * hand_macs

@@ -18,7 +18,6 @@ back (the runner copies it into run records).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import av
 
+from psbench.atomic import atomic_path
 from psbench.data.paths import VIDEO_EXTENSIONS
 from psbench.data.video import VideoDecodeError, VideoError, probe_video
 from psbench.jsonio import decode_error_message
@@ -135,42 +135,37 @@ def compress_video(src: Path, dst: Path, settings: CompressSettings) -> int:
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"cannot open video ({exc.strerror or exc})", src) from exc
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial.mp4")
     written = 0
-    try:
-        with inp:
-            if not inp.streams.video:
-                raise VideoDecodeError("no video stream in file", src)
-            stream = inp.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            half = 0.5 / float(rate) if rate else 0.0
-            with av.open(str(tmp), mode="w", format="mp4") as out:
-                enc = None
-                start: float | None = None
-                try:
-                    for index, frame in enumerate(inp.decode(stream)):
-                        t = _frame_time(frame, index, float(rate or 0))
-                        start = t if start is None else start
-                        if enc is None:
-                            width, height = output_size(frame.width, frame.height, settings.size)
-                            out_rate = Fraction(settings.fps).limit_denominator(1000)
-                            enc = out.add_stream(settings.codec, rate=out_rate)
-                            enc.width, enc.height, enc.pix_fmt = width, height, settings.pix_fmt
-                            if settings.codec == "libx264":
-                                enc.options = {"crf": str(settings.crf), "preset": settings.preset}
-                        while written / settings.fps <= (t - start) + half:
-                            small = _fresh_frame(frame, enc.width, enc.height, settings)
-                            small.pts = written  # in the encoder's time base, 1 / fps
-                            out.mux(enc.encode(small))
-                            written += 1
-                except av.error.FFmpegError as exc:
-                    raise VideoDecodeError(f"corrupt video data ({exc.strerror or exc})", src) from exc
-                if enc is None:
-                    raise VideoDecodeError("video decodes to zero frames", src)
-                out.mux(enc.encode())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with inp, atomic_path(dst) as tmp:
+        if not inp.streams.video:
+            raise VideoDecodeError("no video stream in file", src)
+        stream = inp.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        half = 0.5 / float(rate) if rate else 0.0
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            enc = None
+            start: float | None = None
+            try:
+                for index, frame in enumerate(inp.decode(stream)):
+                    t = _frame_time(frame, index, float(rate or 0))
+                    start = t if start is None else start
+                    if enc is None:
+                        width, height = output_size(frame.width, frame.height, settings.size)
+                        out_rate = Fraction(settings.fps).limit_denominator(1000)
+                        enc = out.add_stream(settings.codec, rate=out_rate)
+                        enc.width, enc.height, enc.pix_fmt = width, height, settings.pix_fmt
+                        if settings.codec == "libx264":
+                            enc.options = {"crf": str(settings.crf), "preset": settings.preset}
+                    while written / settings.fps <= (t - start) + half:
+                        small = _fresh_frame(frame, enc.width, enc.height, settings)
+                        small.pts = written  # in the encoder's time base, 1 / fps
+                        out.mux(enc.encode(small))
+                        written += 1
+            except av.error.FFmpegError as exc:
+                raise VideoDecodeError(f"corrupt video data ({exc.strerror or exc})", src) from exc
+            if enc is None:
+                raise VideoDecodeError("video decodes to zero frames", src)
+            out.mux(enc.encode())
     return written
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import av
 import numpy as np
 
+from psbench import atomic
 from psbench.data.msrvtt import load_msrvtt_test, load_msrvtt_train
 from psbench.data.paths import AnnotationError
 from psbench.data.split import RetrievalSplit
@@ -284,9 +285,7 @@ def sample_spec(rng: np.random.Generator, num_frames: int, size: int, used: set[
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
 
 
 def _json_text(obj: Any) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from psbench.atomic import atomic_path
+
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: int = 18) -> None:
     """Encode frames (T, H, W, 3) uint8 RGB into ``path`` (H and W must be even for yuv420p).
@@ -19,8 +21,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, codec: str =
         raise ValueError(f"frames must be (T, even H, even W, 3); got {frames.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
@@ -32,4 +33,3 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, codec: str =
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from psbench.atomic import atomic_path
 from psbench.report import collect, tables
 from psbench.report.compare import all_comparisons
 from psbench.report.document import Bullets, Document, Figure, Heading, Paragraph
@@ -216,13 +215,8 @@ def build_report(
         from psbench.report.pdf import render_pdf
 
         pdf_path = out / "report.pdf"
-        fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".pdf", dir=out)
-        os.close(fd)
-        try:
-            pages = render_pdf(content.document, Path(tmp))
-            os.replace(tmp, pdf_path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(pdf_path) as tmp:
+            pages = render_pdf(content.document, tmp)
     log.info("report written to %s (%d runs, %d figures, %d PDF pages)", out, content.runs, len(content.figures), pages)
     return ReportResult(
         out,
