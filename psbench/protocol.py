@@ -94,6 +94,9 @@ class DataConfig:
 class BackboneConfig:
     arch: str = "ViT-B-32-quickgelu"
     weights: str = ""  # local path; relative paths are resolved against the data root
+    # a positional embedding of another length (text context, visual grid) is an error unless this is true;
+    # then it is interpolated, logged at WARNING and recorded in the run record (weights_adjusted)
+    interpolate_pos_embed: bool = False
 
 
 @dataclass
@@ -175,6 +178,8 @@ class RunConfig:
             d["train"].pop("skip_corrupt")
         d["test"].pop("num_workers")
         d["backbone"].pop("weights")
+        if not d["backbone"]["interpolate_pos_embed"]:  # the default leaves existing hashes unchanged
+            d["backbone"].pop("interpolate_pos_embed")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

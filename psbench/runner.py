@@ -84,8 +84,17 @@ def data_hash(split: RetrievalSplit) -> str:
     return hash_strings(parts)
 
 
-def build_method(cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False) -> RetrievalMethod:
-    clip = backbone.create_clip(cfg.backbone.arch, weights, trust_checkpoint=trust_checkpoint)
+def build_method(
+    cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False, adjusted: list[str] | None = None
+) -> RetrievalMethod:
+    """The run's method on its CLIP; ``adjusted`` receives the weight interpolations the protocol allowed."""
+    clip = backbone.create_clip(
+        cfg.backbone.arch,
+        weights,
+        trust_checkpoint=trust_checkpoint,
+        interpolate_pos_embed=cfg.backbone.interpolate_pos_embed,
+        adjusted=adjusted,
+    )
     return create_method(cfg.method, clip, cfg.options)
 
 
@@ -219,7 +228,8 @@ def _execute(
 
     with deterministic_mode(opts.deterministic) as determinism:
         seed_everything(cfg.seed)
-        method = build_method(cfg, paths.weights, opts.trust_checkpoint)  # bad weights fail before any write
+        adjusted: list[str] = []  # positional embeddings interpolated (only when the protocol allows it)
+        method = build_method(cfg, paths.weights, opts.trust_checkpoint, adjusted)  # bad weights fail before writes
         if resume_dir is not None:
             run_dir = resume_dir
         else:
@@ -228,7 +238,7 @@ def _execute(
             if opts.on_run_dir is not None:
                 opts.on_run_dir(run_dir)
         if resume_dir is None and here.is_main:
-            _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev)
+            _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev, adjusted)
         log.info("run directory %s", run_dir)
         started = time.time()
         train_summary: dict[str, Any] = {"epochs_run": 0, "steps": 0, "selection": "none (zero-shot)"}
@@ -271,6 +281,7 @@ def _write_run_record(
     determinism: dict[str, Any],
     here: distributed.DistInfo,
     dev: torch.device,
+    weights_adjusted: list[str],
 ) -> None:
     """config.json (resolved config, hashes, how it ran) and environment.json."""
     record: dict[str, Any] = {
@@ -280,6 +291,7 @@ def _write_run_record(
         "weights": str(paths.weights) if paths.weights else None,  # absolute; its sha256 is hashes["weights"]
         "tokenizer_vocab": str(backbone.tokenizer_vocab_path()),  # its sha256 is hashes["tokenizer_vocab"]
         "command": opts.command,
+        "weights_adjusted": weights_adjusted,  # e.g. "positional_embedding 33x64 -> 32x64" (interpolated)
         "method_facts": method.extra_state(),
         "skipped_missing_videos": skipped,
         "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),

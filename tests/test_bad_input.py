@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -126,3 +127,50 @@ def test_unusable_runs_dir_fails_before_training(
     monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(RunDirError, match=r"runs directory .*full_disk is not usable: .*No space left on device"):
         run(cfg, tmp_path / "full_disk", data_root=tiny_synthetic)
+
+
+def _wrong_shaped_weights(path: Path, text_rows: int = 33, visual_rows: int = 5) -> Path:
+    """The tiny CLIP with a text positional embedding of ``text_rows`` and a visual one of ``visual_rows``."""
+    from psbench.backbone import create_clip
+
+    state = create_clip("psbench-tiny").state_dict()
+    state["positional_embedding"] = torch.randn(text_rows, state["positional_embedding"].shape[1])
+    state["visual.positional_embedding"] = torch.randn(visual_rows, state["visual.positional_embedding"].shape[1])
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def test_wrong_shaped_positional_embedding_is_an_error_naming_key_and_shapes(tmp_path: Path) -> None:
+    from psbench.backbone import WeightShapeError, create_clip
+
+    text_only = _wrong_shaped_weights(tmp_path / "text.pt", text_rows=33, visual_rows=17)
+    with pytest.raises(
+        WeightShapeError, match=r"text\.pt.*positional_embedding has shape 33x64, the model expects 32x64"
+    ):
+        create_clip("psbench-tiny", text_only)
+    visual_only = _wrong_shaped_weights(tmp_path / "visual.pt", text_rows=32, visual_rows=5)
+    with pytest.raises(WeightShapeError, match=r"visual\.positional_embedding has shape 5x64, the model expects 17x64"):
+        create_clip("psbench-tiny", visual_only)
+
+
+def test_positional_embedding_interpolation_only_when_the_protocol_asks(
+    tiny_synthetic: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "syn"
+    shutil.copytree(tiny_synthetic, root, ignore=shutil.ignore_patterns("videos"))
+    (root / "videos").symlink_to(tiny_synthetic / "videos")
+    _wrong_shaped_weights(root / "tiny_clip.pt")
+    sets = {**TINY_SETS, "train.epochs": 0}
+    with pytest.raises(RuntimeError, match="positional_embedding has shape"):
+        run(resolve(load_protocol("synthetic"), "meanpool", 0, sets), tmp_path / "runs", data_root=root)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**sets, "backbone.interpolate_pos_embed": True})
+    assert cfg.protocol_hash() != resolve(load_protocol("synthetic"), "meanpool", 0, sets).protocol_hash()
+    with caplog.at_level(logging.WARNING, logger="psbench"):
+        run_dir = run(cfg, tmp_path / "runs", data_root=root)
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["weights_adjusted"] == [
+        "positional_embedding 33x64 -> 32x64",
+        "visual.positional_embedding 5x64 -> 17x64",
+    ]
+    assert sum("interpolated" in r.message and r.levelno == logging.WARNING for r in caplog.records) == 2
