@@ -174,3 +174,54 @@ def test_positional_embedding_interpolation_only_when_the_protocol_asks(
         "visual.positional_embedding 5x64 -> 17x64",
     ]
     assert sum("interpolated" in r.message and r.levelno == logging.WARNING for r in caplog.records) == 2
+
+
+def _protocol_data(name: str):
+    return resolve(load_protocol(name), "meanpool").data
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [("msrvtt-1ka", 1000), ("msvd", 670), ("lsmdc", 1000), ("lsmdc-999", 999)],
+)
+def test_real_protocols_accept_their_full_test_file(protocol: str, expected: int) -> None:
+    from tests.conftest import SHARED_ANNOTATIONS
+
+    cfg = _protocol_data(protocol)
+    root = SHARED_ANNOTATIONS / cfg.dataset
+    if not root.is_dir():
+        pytest.skip(f"shared annotations not found in {root}")
+    assert cfg.test_videos == expected
+    assert len(load_split(cfg, root, "test").video_ids) == expected
+
+
+def test_truncated_lsmdc_test_file_is_an_error_naming_file_and_counts(tmp_path: Path) -> None:
+    from psbench.data.datasets import SplitSizeError
+    from tests.conftest import SHARED_ANNOTATIONS
+
+    source = SHARED_ANNOTATIONS / "lsmdc" / "LSMDC16_challenge_1000_publictect.csv"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    name = source.name
+    (tmp_path / name).write_text("".join(source.read_text().splitlines(keepends=True)[:219]))
+    for protocol, found, expected in (("lsmdc", 219, 1000), ("lsmdc-999", 218, 999)):  # 999 drops line 109
+        with pytest.raises(
+            SplitSizeError, match=rf"{name}: split 'test' lists {found} video\(s\), expected {expected}"
+        ):
+            load_split(_protocol_data(protocol), tmp_path, "test")
+
+
+def test_truncated_synthetic_test_file_is_an_error(tiny_synthetic: Path, tmp_path: Path) -> None:
+    from psbench.data.datasets import SplitSizeError
+
+    root = _annotation_copy(tiny_synthetic, tmp_path / "syn")
+    shutil.copy(tiny_synthetic / "synthetic_config.json", root / "synthetic_config.json")
+    assert len(load_split(DataConfig(dataset="synthetic"), root, "test").video_ids) == 8
+    lines = (root / "test.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    kept = {row.split(",")[2] for row in rows[:1]}  # one video and its twin stay
+    twins = json.loads((root / "twins.json").read_text())
+    kept |= {twins[v] for v in kept}
+    (root / "test.csv").write_text("\n".join([header, *(r for r in rows if r.split(",")[2] in kept)]) + "\n")
+    with pytest.raises(SplitSizeError, match=r"test\.csv: split 'test' lists 2 video\(s\), expected 8"):
+        load_split(DataConfig(dataset="synthetic"), root, "test")

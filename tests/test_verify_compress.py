@@ -17,6 +17,7 @@ from psbench.data.split import Caption, RetrievalSplit
 from psbench.data.verify import IncompleteDatasetError, missing_videos, require_videos, verify_dataset
 from psbench.data.video import decode_frames, probe_video
 from psbench.data.video_writer import write_video
+from psbench.protocol import PROTOCOL_DIR
 
 
 def level_frames(n: int, h: int = 16, w: int = 16) -> np.ndarray:
@@ -87,13 +88,19 @@ def test_cli_verify_names_missing_videos_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "captions_msvd.json").write_text(json.dumps({"vidA": ["a cat"], "vidB": ["a dog"]}))
     (tmp_path / "test_list.txt").write_text("vidA\nvidB\n")
     write_video(tmp_path / "videos" / "vidA.mp4", level_frames(4))
-    args = ["data", "verify", "--dataset", "msvd", "--root", str(tmp_path), "--protocol", "msvd", "--split", "test"]
+    protocol = tmp_path / "msvd-2.toml"  # the msvd protocol for a 2-video test list
+    protocol.write_text((PROTOCOL_DIR / "msvd.toml").read_text().replace("test_videos = 670", "test_videos = 2"))
+    args = ["data", "verify", "--dataset", "msvd", "--root", str(tmp_path), "--protocol", str(protocol)]
+    args += ["--split", "test"]
     result = CliRunner().invoke(data_app(), args)
     assert result.exit_code == 1, result.output
     assert "missing vidB" in result.output
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["counts"] == {"videos": 2, "ok": 1, "missing": 1, "corrupt": 0}
     (tmp_path / "test_list.txt").write_text("vidA\n")
+    short = CliRunner().invoke(data_app(), args)  # the list no longer has the protocol's 2 videos
+    assert short.exit_code == 2 and "test_list.txt: split 'test' lists 1 video(s), expected 2" in short.output
+    protocol.write_text(protocol.read_text().replace("test_videos = 2", "test_videos = 1"))
     ok = CliRunner().invoke(data_app(), [*args, "--out", str(tmp_path / "m2.json")])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "m2.json").is_file()
