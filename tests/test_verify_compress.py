@@ -15,7 +15,7 @@ from psbench.cli_data import register
 from psbench.data.compress import RECIPE_FILE, CompressSettings, compress_videos, output_size, read_compress_recipe
 from psbench.data.split import Caption, RetrievalSplit
 from psbench.data.verify import IncompleteDatasetError, missing_videos, require_videos, verify_dataset
-from psbench.data.video import decode_frames, probe_video
+from psbench.data.video import VideoDecodeError, decode_frames, probe_video
 from psbench.data.video_writer import write_video
 from psbench.protocol import PROTOCOL_DIR
 
@@ -65,6 +65,24 @@ def test_verify_reports_missing_and_truncated_by_name(tmp_path: Path, workers: i
     assert written["splits"] == {"test": {"videos": 3, "captions": 3}}
     assert written["videos"]["good"]["sha256"] == good.sha256 and set(written["corrupt"]) == {"cut"}
     assert not list(tmp_path.glob(".manifest.json*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_truncated_video_is_corrupt_whatever_the_container(tmp_path: Path, suffix: str) -> None:
+    """Matroska declares a duration, not a frame count: 7 s at 8 fps is 56 frames, as mp4's header says."""
+    whole, cut = tmp_path / f"whole{suffix}", tmp_path / f"cut{suffix}"
+    noise = np.random.default_rng(0).integers(0, 256, (56, 32, 32, 3), dtype=np.uint8)  # bytes grow with frames
+    write_video(whole, noise, fps=8)
+    info = probe_video(whole)
+    assert info.num_frames == 56 and info.duration == pytest.approx(7.0)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.35)])
+    if suffix == ".mkv":
+        with pytest.raises(VideoDecodeError, match=r"truncated video: container declares 7 s at 8 fps = 56 frames"):
+            probe_video(cut)
+    split = RetrievalSplit("test", ["cut"], [Caption("a", "cut")], {"cut": cut})
+    manifest = verify_dataset([split])
+    assert list(manifest.corrupt) == ["cut"] and cut.name in manifest.corrupt["cut"]
 
 
 def test_verify_decodes_a_shared_video_once_and_reports_progress(tmp_path: Path) -> None:
