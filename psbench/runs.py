@@ -45,6 +45,21 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable_dir(folder: Path) -> None:
+    """Raise OSError (with the reason) unless a file can be created in ``folder`` or, if it does not exist
+    yet, in its nearest existing parent. Probes with the same temporary-file call the atomic writers use,
+    so a read-only file system or a folder without write permission is found before any work is done."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable (permission denied)")
+    fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+    os.close(fd)
+    Path(tmp).unlink()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -187,3 +188,68 @@ def test_cli_compress(tmp_path: Path) -> None:
     assert (info.width, info.height, info.fps) == (16, 16, 2) and abs(info.num_frames - 2) <= 1
     missing = CliRunner().invoke(data_app(), ["data", "compress", "--src", str(tmp_path / "nope"), "--dst", str(dst)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` behave as on a read-only file system (chmod does not stop root, which runs CI here)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def _msvd_root(tmp_path: Path) -> tuple[Path, list[str]]:
+    root = tmp_path / "ro"
+    root.mkdir()
+    (root / "captions_msvd.json").write_text(json.dumps({"vidA": ["a cat"]}))
+    (root / "test_list.txt").write_text("vidA\n")
+    write_video(root / "videos" / "vidA.mp4", level_frames(4))
+    protocol = tmp_path / "msvd-1.toml"
+    protocol.write_text((PROTOCOL_DIR / "msvd.toml").read_text().replace("test_videos = 670", "test_videos = 1"))
+    args = ["data", "verify", "--dataset", "msvd", "--root", str(root), "--protocol", str(protocol), "--split", "test"]
+    return root, args
+
+
+def test_verify_on_read_only_root_fails_before_decoding_or_uses_manifest_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psbench.data.verify as verify_module
+
+    root, args = _msvd_root(tmp_path)
+    _read_only(monkeypatch, root)
+    decoded: list[str] = []
+    real_check = verify_module.check_video
+    monkeypatch.setattr(verify_module, "check_video", lambda p: decoded.append(p) or real_check(p))
+    refused = CliRunner().invoke(data_app(), args)
+    assert refused.exit_code == 2 and decoded == []
+    assert (
+        f"cannot write the manifest {root / 'manifest.json'}" in refused.output and "--manifest PATH" in refused.output
+    )
+    assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    elsewhere = tmp_path / "out" / "manifest.json"
+    ok = CliRunner().invoke(data_app(), [*args, "--manifest", str(elsewhere)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(elsewhere.read_text())["counts"]["ok"] == 1 and not (root / "manifest.json").exists()
+
+
+def test_verify_prints_results_when_the_manifest_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psbench.data.verify import Manifest
+
+    root, args = _msvd_root(tmp_path)
+
+    def disk_full(self: Manifest, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Manifest, "write", disk_full)
+    result = CliRunner().invoke(data_app(), args)
+    assert result.exit_code == 2
+    assert "videos" in result.output and "ok" in result.output  # the table came first
+    assert "the results above were not saved" in result.output and "No space left on device" in result.output
