@@ -45,6 +45,14 @@ def _shape(t: Tensor) -> str:
     return "x".join(str(n) for n in t.shape) or "scalar"
 
 
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning: psbench never asks
+    open_clip for weights; it loads the user's file itself right after (or runs randomly initialised on purpose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def available_archs() -> list[str]:
     return sorted(open_clip.list_models())
 
@@ -71,7 +79,14 @@ def create_clip(
 
     if arch not in open_clip.list_models():
         raise BackboneError(f"unknown backbone arch {arch!r}; valid: {', '.join(available_archs())}")
-    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    notice = _NoRandomInitNotice()
+    logging.getLogger().addFilter(notice)  # open_clip logs it on the root logger
+    try:
+        model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    finally:
+        logging.getLogger().removeFilter(notice)
+    if weights is None:
+        log.info("%s: randomly initialised (no weights file)", arch)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():

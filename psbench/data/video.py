@@ -71,6 +71,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
         raise VideoNotFoundError("video file not found", path)
+    if path.stat().st_size == 0:
+        raise VideoDecodeError("empty video file (0 bytes)", path)
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
