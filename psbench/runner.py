@@ -20,7 +20,7 @@ import torch
 import baselines  # noqa: F401 - registers the baselines
 from psbench import backbone, distributed
 from psbench.data.compress import read_compress_recipe
-from psbench.data.datasets import load_split
+from psbench.data.datasets import expected_videos, load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader, usable_workers
 from psbench.data.split import RetrievalSplit
 from psbench.data.verify import require_videos
@@ -218,6 +218,13 @@ def _execute(
     if problems:
         raise FileNotFoundError("; ".join(problems) + f". {WHERE_TO_GET[cfg.data.dataset != 'synthetic']}")
     test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
+    missing_test = len(skipped.get("test", []))
+    test_videos = {  # in metrics.json and on screen: fewer than listed only with data.skip_missing
+        "expected": expected_videos(cfg.data, paths.data_root, cfg.data.test_split),
+        "listed": len(test_split.video_ids) + missing_test,
+        "evaluated": len(test_split.video_ids),
+        "missing": missing_test,
+    }
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:
         hashes["train_data"] = data_hash(train_split)
@@ -257,6 +264,7 @@ def _execute(
         "method": cfg.method,
         "seed": cfg.seed,
         "split": cfg.data.test_split,
+        "test_videos": test_videos,
         "hashes": hashes,
         "train": train_summary,
         "train_seconds": train_seconds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -225,3 +226,27 @@ def test_truncated_synthetic_test_file_is_an_error(tiny_synthetic: Path, tmp_pat
     (root / "test.csv").write_text("\n".join([header, *(r for r in rows if r.split(",")[2] in kept)]) + "\n")
     with pytest.raises(SplitSizeError, match=r"test\.csv: split 'test' lists 2 video\(s\), expected 8"):
         load_split(DataConfig(dataset="synthetic"), root, "test")
+
+
+def test_missing_test_videos_allowed_by_the_protocol_are_counted_in_record_and_on_screen(
+    tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from psbench.cli import app
+
+    root = _annotation_copy(tiny_synthetic, tmp_path / "syn")
+    shutil.copy(tiny_synthetic / "synthetic_config.json", root / "synthetic_config.json")
+    shutil.copytree(tiny_synthetic / "videos", root / "videos", copy_function=os.link)
+    os.link(tiny_synthetic / "tiny_clip.pt", root / "tiny_clip.pt")
+    gone = (root / "test.csv").read_text().splitlines()[1].split(",")[2]
+    (root / "videos" / f"{gone}.mp4").unlink()
+    sets = [f"--set={k}={v}" for k, v in {**TINY_SETS, "train.epochs": 0, "data.skip_missing": "true"}.items()]
+    args = ["run", "--method", "meanpool", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs"), *sets]
+    result = CliRunner().invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "test videos: 7 of 8 evaluated (1 missing, data.skip_missing=true)" in result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_videos"] == {"expected": 8, "listed": 8, "evaluated": 7, "missing": 1}
+    assert json.loads((run_dir / "config.json").read_text())["skipped_missing_videos"]["test"] == [gone]
