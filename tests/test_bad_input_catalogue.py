@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from tests.conftest import SHARED_ANNOTATIONS, TINY_SETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
+#: fixed garbage (random bytes could start like a pickle, or happen to look like an audio file to FFmpeg)
+GARBAGE = b"GARBAGE!" + random.Random(0).randbytes(4088)
 ZERO_SHOT = [f"--set={k}={v}" for k, v in {**TINY_SETS, "train.epochs": 0}.items()]
 
 
@@ -68,7 +71,7 @@ def _run_args(root: Path, runs: Path, *extra: str) -> list[str]:
 # -- the cases: each builds its inputs under `tmp` and returns (argv, text the error line must contain) ----
 def index_garbage(env: Env, tmp: Path) -> tuple[list[str], str]:
     garbage = tmp / "garbage.pt"
-    garbage.write_bytes(os.urandom(512))
+    garbage.write_bytes(GARBAGE[:512])
     return ["index", "search", "--index", str(garbage), "-q", "a red circle"], f"{garbage} is not a psbench index"
 
 
@@ -116,7 +119,7 @@ def garbage_video(env: Env, tmp: Path) -> tuple[list[str], str]:
     root = _linked_copy(env.data, tmp / "data")
     video = _test_video(root)
     video.unlink()
-    video.write_bytes(os.urandom(4096))
+    video.write_bytes(GARBAGE)
     return _run_args(root, tmp / "runs"), f"cannot open video (Invalid data found when processing input): {video}"
 
 
