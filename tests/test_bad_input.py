@@ -250,3 +250,17 @@ def test_missing_test_videos_allowed_by_the_protocol_are_counted_in_record_and_o
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_videos"] == {"expected": 8, "listed": 8, "evaluated": 7, "missing": 1}
     assert json.loads((run_dir / "config.json").read_text())["skipped_missing_videos"]["test"] == [gone]
+
+
+def test_garbage_that_starts_like_a_pickle_is_a_format_error_not_a_trust_question(tmp_path: Path) -> None:
+    import random
+    import warnings
+
+    from psbench.checkpoint import CheckpointFormatError, load_torch_file
+
+    path = tmp_path / "noise.pt"
+    path.write_bytes(b"\x80" + random.Random(1).randbytes(600))  # 0x80 is the pickle PROTO opcode
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning about the bogus protocol number either
+        with pytest.raises(CheckpointFormatError, match=r"noise\.pt is not a weights file: .*Unsupported operand"):
+            load_torch_file(path)
