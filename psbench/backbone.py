@@ -11,6 +11,7 @@ change what happens between them without re-implementing CLIP.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import open_clip
@@ -31,12 +32,43 @@ class BackboneError(RuntimeError):
     """A backbone could not be built or its weights could not be loaded."""
 
 
+class WeightShapeError(BackboneError):
+    """A weights tensor does not have the shape the architecture expects."""
+
+
+#: positional embeddings open_clip would silently interpolate to the model's length
+POS_EMBED_KEYS = ("positional_embedding", "text.positional_embedding", "visual.positional_embedding")
+INTERPOLATE_HINT = "set backbone.interpolate_pos_embed = true in the protocol to interpolate it instead"
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(str(n) for n in t.shape) or "scalar"
+
+
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning: psbench never asks
+    open_clip for weights; it loads the user's file itself right after (or runs randomly initialised on purpose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def available_archs() -> list[str]:
     return sorted(open_clip.list_models())
 
 
-def create_clip(arch: str, weights: str | Path | None = None, trust_checkpoint: bool = False) -> nn.Module:
+def create_clip(
+    arch: str,
+    weights: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    interpolate_pos_embed: bool = False,
+    adjusted: list[str] | None = None,
+) -> nn.Module:
     """Build an open_clip CLIP model by architecture name, optionally loading local weights.
+
+    A weights tensor of the wrong shape is an error naming the key and both shapes; a positional
+    embedding of another length is interpolated only with ``interpolate_pos_embed`` (logged at WARNING,
+    and described in ``adjusted`` when a list is given, for the run record).
 
     ``weights`` is a local file: a state dict saved with ``torch.save`` (loaded with
     ``weights_only=True``) or a ``.safetensors`` file. A pickle or TorchScript archive (OpenAI's
@@ -47,25 +79,43 @@ def create_clip(arch: str, weights: str | Path | None = None, trust_checkpoint: 
 
     if arch not in open_clip.list_models():
         raise BackboneError(f"unknown backbone arch {arch!r}; valid: {', '.join(available_archs())}")
-    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    notice = _NoRandomInitNotice()
+    logging.getLogger().addFilter(notice)  # open_clip logs it on the root logger
+    try:
+        model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    finally:
+        logging.getLogger().removeFilter(notice)
+    if weights is None:
+        log.info("%s: randomly initialised (no weights file)", arch)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise BackboneError(f"CLIP weights not found: {path}")
         try:
-            load_state_into(model, read_state_dict(path, trust=trust_checkpoint))
+            notes = load_state_into(model, read_state_dict(path, trust=trust_checkpoint), interpolate_pos_embed)
+        except WeightShapeError as exc:
+            raise WeightShapeError(f"CLIP weights {path} do not fit {arch}: {exc}") from None
         except UntrustedCheckpointError as exc:
             raise BackboneError(f"refusing to load CLIP weights: {exc}") from None
         except CheckpointFormatError as exc:  # the message names the file and the reason
             raise BackboneError(f"could not load CLIP weights: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - re-raised with the file name
             raise BackboneError(f"could not load CLIP weights from {path}: {exc}") from exc
+        for note in notes:
+            log.warning("CLIP weights %s: interpolated %s (backbone.interpolate_pos_embed)", path, note)
+        if adjusted is not None:
+            adjusted.extend(notes)
         log.info("loaded CLIP weights %s into %s", path, arch)
     return model
 
 
-def load_state_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """open_clip's checkpoint massaging (third-party and OpenAI layouts, position resizing), then a strict load."""
+def load_state_into(model: nn.Module, state_dict: dict[str, Tensor], interpolate_pos_embed: bool = False) -> list[str]:
+    """open_clip's layout conversion, a shape check of every tensor, then a strict load.
+
+    A positional embedding of another length is interpolated only when ``interpolate_pos_embed``;
+    otherwise, like any other tensor of the wrong shape, it raises :class:`WeightShapeError` naming the
+    key and both shapes. Returns one line per interpolated embedding (empty when nothing was changed).
+    """
     from open_clip.factory import (
         convert_state_dict,
         convert_to_custom_text_state_dict,
@@ -82,9 +132,25 @@ def load_state_into(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
             state_dict[key] = state_dict[key].reshape(target.shape)
     if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
         state_dict["logit_bias"] = torch.zeros_like(state_dict["logit_scale"])
-    resize_pos_embed(state_dict, model)
-    resize_text_pos_embed(state_dict, model)
+    expected = model.state_dict()
+
+    def mismatched(keys: Iterable[str]) -> list[str]:
+        return [k for k in keys if k in state_dict and k in expected and state_dict[k].shape != expected[k].shape]
+
+    notes = [f"{k} {_shape(state_dict[k])} -> {_shape(expected[k])}" for k in mismatched(POS_EMBED_KEYS)]
+    if notes and interpolate_pos_embed:
+        resize_pos_embed(state_dict, model)
+        resize_text_pos_embed(state_dict, model)
+    wrong = mismatched(state_dict)
+    if wrong:
+        key = wrong[0]
+        more = f" (and {len(wrong) - 1} more: {', '.join(wrong[1:4])})" if len(wrong) > 1 else ""
+        hint = f"; {INTERPOLATE_HINT}" if key in POS_EMBED_KEYS else ""
+        raise WeightShapeError(
+            f"{key} has shape {_shape(state_dict[key])}, the model expects {_shape(expected[key])}{more}{hint}"
+        )
     model.load_state_dict(state_dict, strict=True)
+    return notes
 
 
 def save_clip(model: nn.Module, path: str | Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ def _looks_pickled(path: Path) -> bool:
         return handle.read(1) == b"\x80"
 
 
+def _is_garbage_pickle(reason: str) -> bool:
+    """True when torch refused bytes that are no valid pickle (an unknown opcode), not a disallowed object."""
+    return reason.startswith("Unsupported operand")
+
+
 def load_torch_file(path: str | Path, trust: bool = False, what: str = "weights file") -> Any:
     """``torch.load`` of a local file with one trust rule for every caller (CLIP weights, run checkpoints).
 
@@ -102,10 +108,12 @@ def load_torch_file(path: str | Path, trust: bool = False, what: str = "weights 
     if path.stat().st_size == 0:
         raise CheckpointFormatError(f"{path} is empty (0 bytes), not a {what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the "protocol" byte of garbage that starts with 0x80
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = torch_refusal_reason(exc)
-        if not _looks_pickled(path):
+        if not _looks_pickled(path) or _is_garbage_pickle(reason):
             raise CheckpointFormatError(
                 f"{path} is not a {what}: neither a torch.save archive nor a pickle ({reason})"
             ) from None

@@ -233,6 +233,13 @@ def _print_run(run_dir: Path) -> None:
     for direction in ("t2v", "v2t"):
         table.add_row(direction, *(f"{m[direction][k]:.1f}" for k in ("R1", "R5", "R10", "MdR", "MnR")))
     console.print(table)
+    counts = m.get("test_videos") or {}
+    if counts.get("missing"):
+        policy.print_line(
+            f"test videos: {counts['evaluated']} of {counts['listed']} evaluated ({counts['missing']} missing, "
+            "data.skip_missing=true): not comparable to published numbers",
+            style="yellow",
+        )
     if m.get("order_accuracy") is not None:
         console.print(f"order accuracy: {m['order_accuracy']:.1f}%  (own video scored above its reversed twin)")
     policy.print_line(f"run directory: {run_dir}")  # on its own line, never wrapped

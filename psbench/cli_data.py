@@ -64,14 +64,21 @@ def verify(
         list[str] | None, typer.Option(help="Check only these splits (default: the protocol's train, val and test).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Write the JSON manifest here (default: ROOT/manifest.json).")
+        Path | None,
+        typer.Option(
+            "--manifest",
+            "--out",
+            help="Write the JSON manifest here (default: ROOT/manifest.json; give a path for a read-only root).",
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = max(1, min(8, os.cpu_count() or 1)),
 ) -> None:
     """Check that every video a protocol needs exists and decodes; write a manifest with checksums.
 
     Each video is decoded once to count its real frames, and hashed (sha256). Missing and corrupt
-    videos are listed by name; the exit code is 1 if there are any.
+    videos are listed by name; the exit code is 1 if there are any. Where the manifest goes is checked
+    before any video is decoded (a read-only root needs --manifest PATH), and the results are printed
+    even if writing it fails.
 
     Example: `psbench data verify --dataset msrvtt --root data/msrvtt --protocol msrvtt-1ka --split test`
     """
@@ -79,16 +86,24 @@ def verify(
     from psbench.data.verify import verify_dataset
     from psbench.progress import RichProgress
     from psbench.protocol import resolve
+    from psbench.runs import check_writable_dir
 
+    where = policy.check_new_file(out or root / "manifest.json", "--manifest")
     try:
         import psbench.data.real_datasets  # noqa: F401 - registers msrvtt, msvd, lsmdc
 
         cfg = resolve(_protocol_for(dataset, protocol), method="").data  # the protocol's own [data] table
         names = split or [s for s in (cfg.train_split, cfg.val_split, cfg.test_split) if s]
         splits = [load_split(cfg, root, name) for name in dict.fromkeys(names)]
+        try:  # before any video is decoded: a read-only root must not cost a full decode
+            check_writable_dir(where.parent)
+        except OSError as exc:
+            raise policy.UserError(
+                f"cannot write the manifest {where}: {exc}; pass --manifest PATH to write it elsewhere"
+            ) from None
         total = len({v for s in splits for v in s.video_ids})
         with RichProgress(console=err_console) as progress, progress.task("verify videos", total) as task:
-            manifest = verify_dataset(splits, workers, out or root / "manifest.json", _progress_callback(task))
+            manifest = verify_dataset(splits, workers, None, _progress_callback(task))
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
         _fail(str(exc))
     counts = manifest.counts()
@@ -97,12 +112,15 @@ def verify(
         table.add_column(key, justify="right")
     table.add_row(*(str(counts[k]) for k in ("videos", "ok", "missing", "corrupt")))
     console.print(table)
-    where = out or root / "manifest.json"
     for label, style, items in (("missing", "yellow", manifest.missing), ("corrupt", "red", manifest.corrupt)):
         for vid, detail in list(items.items())[:SHOWN]:
             console.print(Text.assemble((label, style), f" {vid}: {detail}"), soft_wrap=True)
         if len(items) > SHOWN:
             console.print(Text.assemble((label, style), f" ... and {len(items) - SHOWN} more (all listed in {where})"))
+    try:
+        manifest.write(where)
+    except OSError as exc:  # the results are on screen already
+        _fail(f"the results above were not saved: cannot write the manifest {where}: {exc}; pass --manifest PATH")
     policy.print_line(f"manifest: {where}")
     if not manifest.ok:
         raise typer.Exit(1)

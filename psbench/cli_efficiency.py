@@ -106,14 +106,16 @@ def _print_efficiency(result: dict[str, Any]) -> None:
     console.print(costs)
     if result["xpool_vs_promptswitch"]:
         ratio = Table(title="X-Pool online cost per query relative to Prompt Switch")
-        for col in ("N", "xpool", "promptswitch", "ratio", "status"):
+        for col in ("N", "xpool", "promptswitch", "ratio", "repeat min-max", "status"):
             ratio.add_column(col, justify="right")
         for row in result["xpool_vs_promptswitch"]:
+            spread = row.get("ratio_spread")
             ratio.add_row(
                 str(row["gallery"]),
                 _seconds(row["xpool_s_per_query"]),
                 _seconds(row["promptswitch_s_per_query"]),
-                f"{row['ratio']:.0f}x" if row["ratio"] else "-",
+                f"{row['ratio']:.1f}x" if row["ratio"] else "-",
+                f"{spread['min']:.1f}-{spread['max']:.1f}x" if spread else "-",
                 row["status"],
             )
         console.print(ratio)

@@ -623,6 +623,23 @@ def measure_method(
     }
 
 
+def ratio_spread(numerator: Sequence[float] | None, denominator: Sequence[float] | None) -> dict[str, Any] | None:
+    """Spread of a latency ratio over the repeats: every repeat of the numerator over every repeat of the
+    denominator (the repeats are independent, so no pairing is implied) -> min, q1, median, q3, max."""
+    if not numerator or not denominator or min(denominator) <= 0:
+        return None
+    ratios = [a / b for a in numerator for b in denominator]
+    stats = Stats.of(ratios)
+    return {
+        "min": stats.min,
+        "q1": stats.q1,
+        "median": stats.median,
+        "q3": stats.q3,
+        "max": stats.max,
+        "pairs": len(ratios),
+    }
+
+
 def ratio_table(results: dict[str, Any], numerator: str = "xpool", denominator: str = "promptswitch") -> list[dict]:
     """Online latency per query of ``numerator`` over ``denominator`` at the sizes both report."""
     if numerator not in results or denominator not in results:
@@ -635,12 +652,14 @@ def ratio_table(results: dict[str, Any], numerator: str = "xpool", denominator: 
         if a is None or b is None:
             continue
         measured = num[n]["status"] == "measured" and den[n]["status"] == "measured"
+        spread = ratio_spread(a.get("values"), b.get("values")) if measured else None
         rows.append(
             {
                 "gallery": n,
                 f"{numerator}_s_per_query": a["median"],
                 f"{denominator}_s_per_query": b["median"],
                 "ratio": a["median"] / b["median"] if b["median"] > 0 else None,
+                "ratio_spread": spread,
                 "status": "measured" if measured else "extrapolated",
             }
         )
@@ -660,10 +679,12 @@ def run_efficiency(
         METHODS.get(name)  # fail early on unknown names
     sizes = gallery_sizes(cfg.gallery, cfg.sweep, cfg.min_gallery, cfg.points_per_decade)
     ratio_pair = {"xpool", "promptswitch"}
+    # the ratio's extra sizes stay inside the requested range (never beyond --gallery)
+    ratio_sizes = tuple(g for g in cfg.ratio_galleries if min(sizes) <= g <= max(sizes))
     started = time.time()
     methods: dict[str, Any] = {}
     per_method = {
-        name: sorted(set(sizes) | set(cfg.ratio_galleries if name in ratio_pair and ratio_pair <= set(names) else ()))
+        name: sorted(set(sizes) | set(ratio_sizes if name in ratio_pair and ratio_pair <= set(names) else ()))
         for name in names
     }
     total = sum(STAGES_PER_METHOD + len(s) for s in per_method.values())

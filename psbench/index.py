@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from psbench import engine
+from psbench.checkpoint import CheckpointFormatError, UntrustedCheckpointError, load_torch_file
 from psbench.method import Encoded, RetrievalMethod
 from psbench.progress import Progress, SilentProgress
 from psbench.runs import atomic_torch_save
@@ -92,11 +92,10 @@ def load_index(path: Path) -> VideoIndex:
     if not path.is_file():
         raise FileNotFoundError(f"index file not found: {path}")
     not_index = f"{path} is not a psbench index (format {INDEX_FORMAT}, written by `psbench index build`)"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise VideoIndexError(f"{not_index}: torch.load failed: {reason[:200]}") from exc
+    try:  # the one reading rule of weights and run checkpoints: tensors only, torch's reason in one sentence
+        payload = load_torch_file(path, trust=False, what="psbench index")
+    except (CheckpointFormatError, UntrustedCheckpointError) as exc:
+        raise VideoIndexError(f"{exc} (format {INDEX_FORMAT} is written by `psbench index build`)") from None
     if not isinstance(payload, dict) or payload.get("format") != INDEX_FORMAT:
         raise VideoIndexError(not_index)
     try:

@@ -11,6 +11,12 @@ later under any tie rule. A protocol fixes one tie rule from :data:`TIE_RULES`:
   is uniform on {g, ..., g + t}. A query contributes ``clip((K - g) / (t + 1), 0, 1)`` to R@K;
   MnR uses the mean rank g + t/2; MdR is the median of the midranks g + t/2.
 
+Scores within rounding are ties: ``c`` ties the ground truth ``s`` when ``|c - s| <= TIE_ULPS x eps x`` the
+largest ``|score|`` of the query's row, ``eps`` the machine epsilon of the scores' dtype (float32 summation
+in another order, e.g. a mean over reversed frames, moves an exact tie by 1-3 eps; letting that decide a
+rank would report rounding as an effect). The order-accuracy
+metric uses the same idea (``atol``).
+
 Why ``expected``: exact ties are real (duplicated captions in MSR-VTT, MSVD and LSMDC; time-reversed
 twins in the synthetic set, which an order-blind method scores identically). The optimistic rule of
 the C4C/TS2/VIP ``compute_metrics`` would credit an order-blind method with a hit it cannot make,
@@ -46,6 +52,10 @@ DEFAULT_KS = (1, 5, 10)
 ROW_BLOCK = 2048
 
 ArrayLike = Tensor | np.ndarray | Sequence[Any]
+
+#: two scores closer than this many machine epsilons (of the scores' dtype) times the row's largest
+#: |score| are a tie: a mean over reversed frames moves an exact float32 tie by 1-3 eps (measured)
+TIE_ULPS = 16
 
 
 @dataclass
@@ -111,9 +121,17 @@ def _check_tie_rule(tie_rule: str) -> None:
 
 # -- ranks -------------------------------------------------------------------------------------------
 def _rank_against(candidates: np.ndarray, truth: np.ndarray, exclude: np.ndarray | None) -> QueryRanks:
-    """candidates (B, C), truth (B,), exclude (B, C) bool or None -> g and t (truth itself excluded)."""
-    above = candidates > truth[:, None]  # (B, C)
-    equal = candidates == truth[:, None]  # (B, C)
+    """candidates (B, C), truth (B,), exclude (B, C) bool or None -> g and t (truth itself excluded).
+
+    A candidate within rounding of the truth (:data:`TIE_ULPS` eps of the row's largest |score|) is a tie.
+    """
+    finite = np.where(np.isfinite(candidates), np.abs(candidates), 0.0)  # an infinite score sets no scale
+    scale = np.maximum(finite.max(axis=1, initial=0.0), np.where(np.isfinite(truth), np.abs(truth), 0.0))  # (B,)
+    eps = np.finfo(candidates.dtype).eps if np.issubdtype(candidates.dtype, np.floating) else 0.0
+    tol = (TIE_ULPS * eps * scale)[:, None]  # (B, 1)
+    diff = candidates - truth[:, None]  # (B, C)
+    above = diff > tol  # (B, C)
+    equal = np.abs(diff) <= tol  # (B, C)
     if exclude is not None:
         above &= ~exclude
         equal &= ~exclude

@@ -83,6 +83,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = ""  # empty: the dataset has no validation split
     test_split: str = "test"
+    # videos the test annotation file must list (after exclude_videos); 0: not fixed by the protocol
+    # (synthetic: the count the generator recorded in synthetic_config.json)
+    test_videos: int = _rule(0, min=0)
     skip_missing: bool = False
     video_dir: str = "videos"  # relative to the data root
     files: dict[str, str] = field(default_factory=dict)  # annotation file names, dataset specific
@@ -94,6 +97,9 @@ class DataConfig:
 class BackboneConfig:
     arch: str = "ViT-B-32-quickgelu"
     weights: str = ""  # local path; relative paths are resolved against the data root
+    # a positional embedding of another length (text context, visual grid) is an error unless this is true;
+    # then it is interpolated, logged at WARNING and recorded in the run record (weights_adjusted)
+    interpolate_pos_embed: bool = False
 
 
 @dataclass
@@ -170,11 +176,14 @@ class RunConfig:
         d.pop("reference")
         d["data"].pop("root")
         d["data"].pop("skip_missing")
+        d["data"].pop("test_videos")  # a check of the input, not a setting: never moves a score
         d["train"].pop("num_workers")
         if not d["train"]["skip_corrupt"]:  # the default leaves the hash of existing protocols unchanged
             d["train"].pop("skip_corrupt")
         d["test"].pop("num_workers")
         d["backbone"].pop("weights")
+        if not d["backbone"]["interpolate_pos_embed"]:  # the default leaves existing hashes unchanged
+            d["backbone"].pop("interpolate_pos_embed")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -20,7 +20,7 @@ import torch
 import baselines  # noqa: F401 - registers the baselines
 from psbench import backbone, distributed
 from psbench.data.compress import read_compress_recipe
-from psbench.data.datasets import load_split
+from psbench.data.datasets import expected_videos, load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader, usable_workers
 from psbench.data.split import RetrievalSplit
 from psbench.data.verify import require_videos
@@ -84,8 +84,17 @@ def data_hash(split: RetrievalSplit) -> str:
     return hash_strings(parts)
 
 
-def build_method(cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False) -> RetrievalMethod:
-    clip = backbone.create_clip(cfg.backbone.arch, weights, trust_checkpoint=trust_checkpoint)
+def build_method(
+    cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False, adjusted: list[str] | None = None
+) -> RetrievalMethod:
+    """The run's method on its CLIP; ``adjusted`` receives the weight interpolations the protocol allowed."""
+    clip = backbone.create_clip(
+        cfg.backbone.arch,
+        weights,
+        trust_checkpoint=trust_checkpoint,
+        interpolate_pos_embed=cfg.backbone.interpolate_pos_embed,
+        adjusted=adjusted,
+    )
     return create_method(cfg.method, clip, cfg.options)
 
 
@@ -209,6 +218,13 @@ def _execute(
     if problems:
         raise FileNotFoundError("; ".join(problems) + f". {WHERE_TO_GET[cfg.data.dataset != 'synthetic']}")
     test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
+    missing_test = len(skipped.get("test", []))
+    test_videos = {  # in metrics.json and on screen: fewer than listed only with data.skip_missing
+        "expected": expected_videos(cfg.data, paths.data_root, cfg.data.test_split),
+        "listed": len(test_split.video_ids) + missing_test,
+        "evaluated": len(test_split.video_ids),
+        "missing": missing_test,
+    }
     hashes = {"protocol": cfg.protocol_hash(), "test_data": data_hash(test_split)}
     if train_split is not None:
         hashes["train_data"] = data_hash(train_split)
@@ -219,7 +235,8 @@ def _execute(
 
     with deterministic_mode(opts.deterministic) as determinism:
         seed_everything(cfg.seed)
-        method = build_method(cfg, paths.weights, opts.trust_checkpoint)  # bad weights fail before any write
+        adjusted: list[str] = []  # positional embeddings interpolated (only when the protocol allows it)
+        method = build_method(cfg, paths.weights, opts.trust_checkpoint, adjusted)  # bad weights fail before writes
         if resume_dir is not None:
             run_dir = resume_dir
         else:
@@ -228,7 +245,7 @@ def _execute(
             if opts.on_run_dir is not None:
                 opts.on_run_dir(run_dir)
         if resume_dir is None and here.is_main:
-            _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev)
+            _write_run_record(run_dir, cfg, paths, opts, method, hashes, skipped, determinism, here, dev, adjusted)
         log.info("run directory %s", run_dir)
         started = time.time()
         train_summary: dict[str, Any] = {"epochs_run": 0, "steps": 0, "selection": "none (zero-shot)"}
@@ -247,6 +264,7 @@ def _execute(
         "method": cfg.method,
         "seed": cfg.seed,
         "split": cfg.data.test_split,
+        "test_videos": test_videos,
         "hashes": hashes,
         "train": train_summary,
         "train_seconds": train_seconds,
@@ -271,6 +289,7 @@ def _write_run_record(
     determinism: dict[str, Any],
     here: distributed.DistInfo,
     dev: torch.device,
+    weights_adjusted: list[str],
 ) -> None:
     """config.json (resolved config, hashes, how it ran) and environment.json."""
     record: dict[str, Any] = {
@@ -280,6 +299,7 @@ def _write_run_record(
         "weights": str(paths.weights) if paths.weights else None,  # absolute; its sha256 is hashes["weights"]
         "tokenizer_vocab": str(backbone.tokenizer_vocab_path()),  # its sha256 is hashes["tokenizer_vocab"]
         "command": opts.command,
+        "weights_adjusted": weights_adjusted,  # e.g. "positional_embedding 33x64 -> 32x64" (interpolated)
         "method_facts": method.extra_state(),
         "skipped_missing_videos": skipped,
         "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,21 @@ METRICS_SCHEMA_VERSION = 1
 
 class RunDirError(RuntimeError):
     """The runs directory cannot be used (exists, not writable, out of space)."""
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Raise OSError (with the reason) unless a file can be created in ``folder`` or, if it does not exist
+    yet, in its nearest existing parent. Probes with the same temporary-file call the atomic writers use,
+    so a read-only file system or a folder without write permission is found before any work is done."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable (permission denied)")
+    fd, tmp = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+    os.close(fd)
+    Path(tmp).unlink()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -126,3 +128,139 @@ def test_unusable_runs_dir_fails_before_training(
     monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(RunDirError, match=r"runs directory .*full_disk is not usable: .*No space left on device"):
         run(cfg, tmp_path / "full_disk", data_root=tiny_synthetic)
+
+
+def _wrong_shaped_weights(path: Path, text_rows: int = 33, visual_rows: int = 5) -> Path:
+    """The tiny CLIP with a text positional embedding of ``text_rows`` and a visual one of ``visual_rows``."""
+    from psbench.backbone import create_clip
+
+    state = create_clip("psbench-tiny").state_dict()
+    state["positional_embedding"] = torch.randn(text_rows, state["positional_embedding"].shape[1])
+    state["visual.positional_embedding"] = torch.randn(visual_rows, state["visual.positional_embedding"].shape[1])
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def test_wrong_shaped_positional_embedding_is_an_error_naming_key_and_shapes(tmp_path: Path) -> None:
+    from psbench.backbone import WeightShapeError, create_clip
+
+    text_only = _wrong_shaped_weights(tmp_path / "text.pt", text_rows=33, visual_rows=17)
+    with pytest.raises(
+        WeightShapeError, match=r"text\.pt.*positional_embedding has shape 33x64, the model expects 32x64"
+    ):
+        create_clip("psbench-tiny", text_only)
+    visual_only = _wrong_shaped_weights(tmp_path / "visual.pt", text_rows=32, visual_rows=5)
+    with pytest.raises(WeightShapeError, match=r"visual\.positional_embedding has shape 5x64, the model expects 17x64"):
+        create_clip("psbench-tiny", visual_only)
+
+
+def test_positional_embedding_interpolation_only_when_the_protocol_asks(
+    tiny_synthetic: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "syn"
+    shutil.copytree(tiny_synthetic, root, ignore=shutil.ignore_patterns("videos"))
+    (root / "videos").symlink_to(tiny_synthetic / "videos")
+    _wrong_shaped_weights(root / "tiny_clip.pt")
+    sets = {**TINY_SETS, "train.epochs": 0}
+    with pytest.raises(RuntimeError, match="positional_embedding has shape"):
+        run(resolve(load_protocol("synthetic"), "meanpool", 0, sets), tmp_path / "runs", data_root=root)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**sets, "backbone.interpolate_pos_embed": True})
+    assert cfg.protocol_hash() != resolve(load_protocol("synthetic"), "meanpool", 0, sets).protocol_hash()
+    with caplog.at_level(logging.WARNING, logger="psbench"):
+        run_dir = run(cfg, tmp_path / "runs", data_root=root)
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["weights_adjusted"] == [
+        "positional_embedding 33x64 -> 32x64",
+        "visual.positional_embedding 5x64 -> 17x64",
+    ]
+    assert sum("interpolated" in r.message and r.levelno == logging.WARNING for r in caplog.records) == 2
+
+
+def _protocol_data(name: str):
+    return resolve(load_protocol(name), "meanpool").data
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [("msrvtt-1ka", 1000), ("msvd", 670), ("lsmdc", 1000), ("lsmdc-999", 999)],
+)
+def test_real_protocols_accept_their_full_test_file(protocol: str, expected: int) -> None:
+    from tests.conftest import SHARED_ANNOTATIONS
+
+    cfg = _protocol_data(protocol)
+    root = SHARED_ANNOTATIONS / cfg.dataset
+    if not root.is_dir():
+        pytest.skip(f"shared annotations not found in {root}")
+    assert cfg.test_videos == expected
+    assert len(load_split(cfg, root, "test").video_ids) == expected
+
+
+def test_truncated_lsmdc_test_file_is_an_error_naming_file_and_counts(tmp_path: Path) -> None:
+    from psbench.data.datasets import SplitSizeError
+    from tests.conftest import SHARED_ANNOTATIONS
+
+    source = SHARED_ANNOTATIONS / "lsmdc" / "LSMDC16_challenge_1000_publictect.csv"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    name = source.name
+    (tmp_path / name).write_text("".join(source.read_text().splitlines(keepends=True)[:219]))
+    for protocol, found, expected in (("lsmdc", 219, 1000), ("lsmdc-999", 218, 999)):  # 999 drops line 109
+        with pytest.raises(
+            SplitSizeError, match=rf"{name}: split 'test' lists {found} video\(s\), expected {expected}"
+        ):
+            load_split(_protocol_data(protocol), tmp_path, "test")
+
+
+def test_truncated_synthetic_test_file_is_an_error(tiny_synthetic: Path, tmp_path: Path) -> None:
+    from psbench.data.datasets import SplitSizeError
+
+    root = _annotation_copy(tiny_synthetic, tmp_path / "syn")
+    shutil.copy(tiny_synthetic / "synthetic_config.json", root / "synthetic_config.json")
+    assert len(load_split(DataConfig(dataset="synthetic"), root, "test").video_ids) == 8
+    lines = (root / "test.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    kept = {row.split(",")[2] for row in rows[:1]}  # one video and its twin stay
+    twins = json.loads((root / "twins.json").read_text())
+    kept |= {twins[v] for v in kept}
+    (root / "test.csv").write_text("\n".join([header, *(r for r in rows if r.split(",")[2] in kept)]) + "\n")
+    with pytest.raises(SplitSizeError, match=r"test\.csv: split 'test' lists 2 video\(s\), expected 8"):
+        load_split(DataConfig(dataset="synthetic"), root, "test")
+
+
+def test_missing_test_videos_allowed_by_the_protocol_are_counted_in_record_and_on_screen(
+    tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from psbench.cli import app
+
+    root = _annotation_copy(tiny_synthetic, tmp_path / "syn")
+    shutil.copy(tiny_synthetic / "synthetic_config.json", root / "synthetic_config.json")
+    shutil.copytree(tiny_synthetic / "videos", root / "videos", copy_function=os.link)
+    os.link(tiny_synthetic / "tiny_clip.pt", root / "tiny_clip.pt")
+    gone = (root / "test.csv").read_text().splitlines()[1].split(",")[2]
+    (root / "videos" / f"{gone}.mp4").unlink()
+    sets = [f"--set={k}={v}" for k, v in {**TINY_SETS, "train.epochs": 0, "data.skip_missing": "true"}.items()]
+    args = ["run", "--method", "meanpool", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs"), *sets]
+    result = CliRunner().invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "test videos: 7 of 8 evaluated (1 missing, data.skip_missing=true)" in result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_videos"] == {"expected": 8, "listed": 8, "evaluated": 7, "missing": 1}
+    assert json.loads((run_dir / "config.json").read_text())["skipped_missing_videos"]["test"] == [gone]
+
+
+def test_garbage_that_starts_like_a_pickle_is_a_format_error_not_a_trust_question(tmp_path: Path) -> None:
+    import random
+    import warnings
+
+    from psbench.checkpoint import CheckpointFormatError, load_torch_file
+
+    path = tmp_path / "noise.pt"
+    path.write_bytes(b"\x80" + random.Random(1).randbytes(600))  # 0x80 is the pickle PROTO opcode
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning about the bogus protocol number either
+        with pytest.raises(CheckpointFormatError, match=r"noise\.pt is not a weights file: .*Unsupported operand"):
+            load_torch_file(path)

@@ -28,7 +28,7 @@ def tiny_config(**overrides: object) -> eff.EfficiencyConfig:
         sweep=True,
         min_gallery=250,
         points_per_decade=1,
-        ratio_galleries=(500,),
+        ratio_galleries=(100, 500, 3000),  # 100 and 3000 lie outside the requested 250..1000: never measured
         budget_s=10.0,
         repeats=2,
         offline_repeats=1,
@@ -76,6 +76,27 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
     assert on_disk["methods"]["xpool"]["online"]["topk_path"] == eff.TOPK_PATHS[False]  # not an inner product
     ratios = on_disk["xpool_vs_promptswitch"]
     assert [r["gallery"] for r in ratios] == [250, 500, 1000] and all(r["ratio"] > 0 for r in ratios)
+    for r in ratios:  # the ratio comes with its spread over the repeats (2 x 2 repeat ratios)
+        spread = r["ratio_spread"]
+        assert spread["pairs"] == 4 and spread["min"] <= spread["q1"] <= spread["q3"] <= spread["max"]
+        assert spread["min"] <= r["ratio"] <= spread["max"]
+
+
+def test_sweep_never_measures_beyond_the_requested_gallery() -> None:
+    """`--gallery 3000 --sweep`: no point above 3,000 (the ratio's default 10k / 100k sizes are dropped)."""
+    cfg = tiny_config(gallery=3000, ratio_galleries=eff.EfficiencyConfig.ratio_galleries)
+    seen: dict[str, list[int]] = {}
+
+    def fake_measure(name, cfg, sizes, device, advance=None):
+        seen[name] = sizes
+        return {"points": []}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eff, "measure_method", fake_measure)
+        result = eff.run_efficiency(cfg)
+    assert max(result["gallery_sizes"]) == 3000
+    assert all(max(sizes) <= 3000 for sizes in seen.values()) and seen["xpool"] == sorted(set(seen["xpool"]))
+    assert 1000 in seen["xpool"] and 10_000 not in seen["xpool"]
 
 
 def test_tiny_budget_marks_every_point_extrapolated() -> None:

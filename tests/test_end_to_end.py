@@ -45,6 +45,19 @@ def test_mean_pool_order_accuracy_is_exactly_chance(tiny_synthetic: Path, tmp_pa
     assert metrics["order_accuracy"] == 50.0
 
 
+def test_mean_pool_under_reversed_frames_reports_no_change(tiny_synthetic: Path, tmp_path: Path):
+    """`eval --reverse-frames` of an order-blind mean-pool: rounding between twins is no effect (issue 12)."""
+    from psbench.reevaluate import reevaluate
+
+    cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**TINY_SETS, "train.epochs": 0})
+    run_dir = run(cfg, tmp_path, data_root=tiny_synthetic)
+    kept = json.loads(reevaluate(run_dir, None, "cpu").read_text())
+    reversed_ = json.loads(reevaluate(run_dir, None, "cpu", frame_order="reverse").read_text())
+    assert reversed_["frame_order"] == "reverse"
+    assert reversed_["t2v"] == kept["t2v"] and reversed_["v2t"] == kept["v2t"]
+    assert reversed_["order_accuracy"] == kept["order_accuracy"] == 50.0
+
+
 def test_cli_run_and_table(tiny_synthetic: Path, tmp_path: Path):
     sets = [f"--set={k}={v}" for k, v in TINY_SETS.items()]
     args = ["run", "--method", "promptswitch", "--dataset", "synthetic", "--data-root", str(tiny_synthetic)]

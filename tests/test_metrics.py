@@ -220,3 +220,40 @@ def test_dual_softmax_matches_direct_formula(tau: float) -> None:
             column = [math.exp(tau * s[k, n] - tau * s[:, n].max()) for k in range(5)]
             expected = s[q, n] * column[q] / sum(column)
             assert got[q, n] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def _meanpool_scores(frames: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """Cosine scores of mean-pooled frames, as the mean-pool method computes them in float32."""
+    video = torch.nn.functional.normalize(frames.mean(dim=1), dim=-1)  # (N, D)
+    return (text @ video.T).numpy()  # (Q, N)
+
+
+def test_mean_pool_under_frame_reversal_reports_no_change() -> None:
+    """Twins are reversed copies; reversing every video's frames swaps them. An order-blind mean-pool
+    scores both the same up to float rounding, which must not move any rank (no drop reported)."""
+    from psbench.metrics import order_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    pairs, t, d = 60, 12, 64
+    base = torch.randn(pairs, t, d, generator=gen)
+    frames = torch.cat([base, base.flip(1)])  # video i + pairs is the reversed twin of video i
+    # a caption per video (twins' captions differ, as "moves left" / "moves right" do), near its video
+    text = torch.nn.functional.normalize(frames.mean(1) + 0.8 * torch.randn(2 * pairs, d, generator=gen), dim=-1)
+    cv = np.arange(2 * pairs)
+    keep, reverse = _meanpool_scores(frames, text), _meanpool_scores(frames.flip(1), text)
+    assert not np.array_equal(keep, reverse)  # rounding differs ...
+    assert np.abs(keep - reverse).max() < 4 * np.finfo(np.float32).eps  # ... by float32 rounding only
+    for name, ranks in (("t2v", t2v_ranks), ("v2t", v2t_ranks)):
+        before = metrics_from_ranks(ranks(keep, cv))
+        after = metrics_from_ranks(ranks(reverse, cv))
+        assert before == after, name
+    twin = np.concatenate([np.arange(pairs) + pairs, np.arange(pairs)])
+    assert order_accuracy(keep, cv, twin) == order_accuracy(reverse, cv, twin) == 50.0
+
+
+def test_scores_within_rounding_tie_but_real_differences_rank() -> None:
+    scores = np.array([[0.5, 0.5 + 1e-7, 0.5 - 1e-3]], dtype=np.float32)
+    ranks = t2v_ranks(scores, np.array([0]))
+    assert ranks.greater.tolist() == [0] and ranks.ties.tolist() == [1]
+    ranks = t2v_ranks(scores, np.array([2]))
+    assert ranks.greater.tolist() == [2] and ranks.ties.tolist() == [0]

@@ -320,7 +320,7 @@ VARIANTS = {
     "msrvtt-1ka-official-selection": ("msrvtt-1ka", {"train.selection"}),
     "msrvtt-1ka-dsl": ("msrvtt-1ka", {"test.dsl", "test.dsl_tau"}),
     "msvd-strict-v2t": ("msvd", {"test.v2t_rule"}),
-    "lsmdc-999": ("lsmdc", {"data.exclude_videos", "data.dedupe_train_by_video"}),
+    "lsmdc-999": ("lsmdc", {"data.exclude_videos", "data.dedupe_train_by_video", "data.test_videos"}),
 }
 
 
@@ -381,7 +381,7 @@ def test_protocol_data_and_references(name: str, annotations: Path) -> None:
         assert file in ("MSRVTT_data.json", "LSMDC16_annos_training.csv", "LSMDC16_annos_val.csv"), (key, file)
     test = load_split(data, annotations / data.dataset, data.test_split)
     want = {"msrvtt": 1000, "msvd": 670, "lsmdc": 999 if name == "lsmdc-999" else 1000}[data.dataset]
-    assert len(test.video_ids) == want
+    assert len(test.video_ids) == want and data.test_videos == want
     refs = proto.get("reference", [])
     assert refs, f"{name}: no published reference numbers"
     for ref in refs:

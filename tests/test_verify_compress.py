@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -15,8 +16,9 @@ from psbench.cli_data import register
 from psbench.data.compress import RECIPE_FILE, CompressSettings, compress_videos, output_size, read_compress_recipe
 from psbench.data.split import Caption, RetrievalSplit
 from psbench.data.verify import IncompleteDatasetError, missing_videos, require_videos, verify_dataset
-from psbench.data.video import decode_frames, probe_video
+from psbench.data.video import VideoDecodeError, decode_frames, probe_video
 from psbench.data.video_writer import write_video
+from psbench.protocol import PROTOCOL_DIR
 
 
 def level_frames(n: int, h: int = 16, w: int = 16) -> np.ndarray:
@@ -66,6 +68,24 @@ def test_verify_reports_missing_and_truncated_by_name(tmp_path: Path, workers: i
     assert not list(tmp_path.glob(".manifest.json*"))  # no temporary file left behind
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_truncated_video_is_corrupt_whatever_the_container(tmp_path: Path, suffix: str) -> None:
+    """Matroska declares a duration, not a frame count: 7 s at 8 fps is 56 frames, as mp4's header says."""
+    whole, cut = tmp_path / f"whole{suffix}", tmp_path / f"cut{suffix}"
+    noise = np.random.default_rng(0).integers(0, 256, (56, 32, 32, 3), dtype=np.uint8)  # bytes grow with frames
+    write_video(whole, noise, fps=8)
+    info = probe_video(whole)
+    assert info.num_frames == 56 and info.duration == pytest.approx(7.0)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.35)])
+    if suffix == ".mkv":
+        with pytest.raises(VideoDecodeError, match=r"truncated video: container declares 7 s at 8 fps = 56 frames"):
+            probe_video(cut)
+    split = RetrievalSplit("test", ["cut"], [Caption("a", "cut")], {"cut": cut})
+    manifest = verify_dataset([split])
+    assert list(manifest.corrupt) == ["cut"] and cut.name in manifest.corrupt["cut"]
+
+
 def test_verify_decodes_a_shared_video_once_and_reports_progress(tmp_path: Path) -> None:
     split = make_split(tmp_path)
     seen: list[tuple[int, int]] = []
@@ -87,13 +107,19 @@ def test_cli_verify_names_missing_videos_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "captions_msvd.json").write_text(json.dumps({"vidA": ["a cat"], "vidB": ["a dog"]}))
     (tmp_path / "test_list.txt").write_text("vidA\nvidB\n")
     write_video(tmp_path / "videos" / "vidA.mp4", level_frames(4))
-    args = ["data", "verify", "--dataset", "msvd", "--root", str(tmp_path), "--protocol", "msvd", "--split", "test"]
+    protocol = tmp_path / "msvd-2.toml"  # the msvd protocol for a 2-video test list
+    protocol.write_text((PROTOCOL_DIR / "msvd.toml").read_text().replace("test_videos = 670", "test_videos = 2"))
+    args = ["data", "verify", "--dataset", "msvd", "--root", str(tmp_path), "--protocol", str(protocol)]
+    args += ["--split", "test"]
     result = CliRunner().invoke(data_app(), args)
     assert result.exit_code == 1, result.output
     assert "missing vidB" in result.output
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["counts"] == {"videos": 2, "ok": 1, "missing": 1, "corrupt": 0}
     (tmp_path / "test_list.txt").write_text("vidA\n")
+    short = CliRunner().invoke(data_app(), args)  # the list no longer has the protocol's 2 videos
+    assert short.exit_code == 2 and "test_list.txt: split 'test' lists 1 video(s), expected 2" in short.output
+    protocol.write_text(protocol.read_text().replace("test_videos = 2", "test_videos = 1"))
     ok = CliRunner().invoke(data_app(), [*args, "--out", str(tmp_path / "m2.json")])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "m2.json").is_file()
@@ -162,3 +188,68 @@ def test_cli_compress(tmp_path: Path) -> None:
     assert (info.width, info.height, info.fps) == (16, 16, 2) and abs(info.num_frames - 2) <= 1
     missing = CliRunner().invoke(data_app(), ["data", "compress", "--src", str(tmp_path / "nope"), "--dst", str(dst)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` behave as on a read-only file system (chmod does not stop root, which runs CI here)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def _msvd_root(tmp_path: Path) -> tuple[Path, list[str]]:
+    root = tmp_path / "ro"
+    root.mkdir()
+    (root / "captions_msvd.json").write_text(json.dumps({"vidA": ["a cat"]}))
+    (root / "test_list.txt").write_text("vidA\n")
+    write_video(root / "videos" / "vidA.mp4", level_frames(4))
+    protocol = tmp_path / "msvd-1.toml"
+    protocol.write_text((PROTOCOL_DIR / "msvd.toml").read_text().replace("test_videos = 670", "test_videos = 1"))
+    args = ["data", "verify", "--dataset", "msvd", "--root", str(root), "--protocol", str(protocol), "--split", "test"]
+    return root, args
+
+
+def test_verify_on_read_only_root_fails_before_decoding_or_uses_manifest_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psbench.data.verify as verify_module
+
+    root, args = _msvd_root(tmp_path)
+    _read_only(monkeypatch, root)
+    decoded: list[str] = []
+    real_check = verify_module.check_video
+    monkeypatch.setattr(verify_module, "check_video", lambda p: decoded.append(p) or real_check(p))
+    refused = CliRunner().invoke(data_app(), args)
+    assert refused.exit_code == 2 and decoded == []
+    assert (
+        f"cannot write the manifest {root / 'manifest.json'}" in refused.output and "--manifest PATH" in refused.output
+    )
+    assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
+    elsewhere = tmp_path / "out" / "manifest.json"
+    ok = CliRunner().invoke(data_app(), [*args, "--manifest", str(elsewhere)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(elsewhere.read_text())["counts"]["ok"] == 1 and not (root / "manifest.json").exists()
+
+
+def test_verify_prints_results_when_the_manifest_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psbench.data.verify import Manifest
+
+    root, args = _msvd_root(tmp_path)
+
+    def disk_full(self: Manifest, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Manifest, "write", disk_full)
+    result = CliRunner().invoke(data_app(), args)
+    assert result.exit_code == 2
+    assert "videos" in result.output and "ok" in result.output  # the table came first
+    assert "the results above were not saved" in result.output and "No space left on device" in result.output

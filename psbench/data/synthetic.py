@@ -509,6 +509,19 @@ def _read_twins(path: Path) -> dict[str, str]:
     return twins
 
 
+def recorded_split_videos(root: Path, split: str) -> int | None:
+    """Videos the generator wrote for ``split`` (2 x its pairs in synthetic_config.json); None if unrecorded."""
+    path = Path(root) / "synthetic_config.json"
+    if not path.is_file():
+        return None
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8")).get("pairs", {})
+    except json.JSONDecodeError as err:
+        raise AnnotationError(decode_error_message(path, err)) from err
+    count = pairs.get(split) if isinstance(pairs, dict) else None
+    return 2 * count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
 def load_synthetic(root: Path, split: str) -> RetrievalSplit:
     """One split of a generated set (train from MSRVTT_data.json + train_list.csv, val/test from csv)."""
     root = Path(root)

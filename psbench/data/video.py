@@ -71,6 +71,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
         raise VideoNotFoundError("video file not found", path)
+    if path.stat().st_size == 0:
+        raise VideoDecodeError("empty video file (0 bytes)", path)
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
@@ -93,23 +95,66 @@ def _frames(container: av.container.InputContainer, path: Path) -> Iterator[av.V
         raise VideoDecodeError(f"corrupt video data ({exc.strerror or exc})", path) from exc
 
 
+def _parse_clock(text: str) -> float | None:
+    """``"00:00:07.000000000"`` (a Matroska DURATION tag) -> 7.0 seconds; None if it is not a clock."""
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def declared_duration(container: av.container.InputContainer) -> float | None:
+    """The first video stream's duration as the file declares it (seconds), whatever the container.
+
+    The stream's own duration (mp4, avi), else its DURATION tag (Matroska / WebM writers), else the
+    container's duration when the video is the only stream (a longer audio track would inflate it).
+    """
+    stream = container.streams.video[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tags = {k.upper(): v for k, v in (stream.metadata or {}).items()}
+    if "DURATION" in tags and (seconds := _parse_clock(tags["DURATION"])) is not None:
+        return seconds
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
+def declared_frames(container: av.container.InputContainer, fps: float) -> tuple[int, str]:
+    """Frames the file declares for its video stream, and where that number comes from (for messages).
+
+    The stream's frame count when the container stores one (mp4, avi), else its declared duration x
+    frame rate (Matroska / WebM store a duration, not a count); 0 when the file declares neither.
+    """
+    stream = container.streams.video[0]
+    if stream.frames:
+        return int(stream.frames), f"container declares {int(stream.frames)} frames"
+    seconds = declared_duration(container)
+    if seconds and fps:
+        frames = round(seconds * fps)
+        return frames, f"container declares {seconds:g} s at {fps:g} fps = {frames} frames"
+    return 0, "no declared length"
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Open ``path`` and count its frames by decoding all of them (no colour conversion).
 
     We count decoded frames rather than demuxed packets or the container's ``frames`` field:
     packets can carry frames the decoder discards (edit lists, corrupt data), the header count is
     absent in some containers and stale in truncated ones, and the decoded count is exactly the
-    index space of :func:`decode_frames`. The header count is used only as evidence of truncation:
-    a decoded count well below it raises :class:`VideoDecodeError`, as does a file that decodes to
-    no frame at all.
+    index space of :func:`decode_frames`. The declared length (:func:`declared_frames`: the header
+    count, or the declared duration x fps for containers without a count, such as Matroska) is used
+    only as evidence of truncation: a decoded count well below it raises :class:`VideoDecodeError`,
+    as does a file that decodes to no frame at all.
     """
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
-        declared = int(stream.frames or 0)
         count = sum(1 for _ in _frames(container, path))
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
+        declared, source = declared_frames(container, fps)
         width, height = stream.codec_context.width, stream.codec_context.height
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -122,8 +167,8 @@ def probe_video(path: str | Path) -> VideoInfo:
     if declared > count:
         missing = declared - count
         if missing > max(TRUNCATION_SLACK_FRAMES, declared // TRUNCATION_FRACTION):
-            raise VideoDecodeError(f"truncated video: container declares {declared} frames, only {count} decode", path)
-        log.warning("%s: container declares %d frames, %d decode; using %d", path, declared, count, count)
+            raise VideoDecodeError(f"truncated video: {source}, only {count} decode", path)
+        log.warning("%s: %s, %d decode; using %d", path, source, count, count)
     return VideoInfo(path, count, fps, duration, width, height)
 
 
