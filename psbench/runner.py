@@ -39,7 +39,7 @@ from psbench.runs import (
     environment,
     hash_strings,
 )
-from psbench.train import deterministic_mode, seed_everything, train
+from psbench.train import deterministic_mode, recipe_facts, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,11 @@ def data_hash(split: RetrievalSplit) -> str:
 
 
 def build_method(cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False) -> RetrievalMethod:
+    """The configured method, with the protocol's training-recipe loss reduction set."""
     clip = backbone.create_clip(cfg.backbone.arch, weights, trust_checkpoint=trust_checkpoint)
-    return create_method(cfg.method, clip, cfg.options)
+    method = create_method(cfg.method, clip, cfg.options)
+    method.infonce_reduction = cfg.train.infonce_reduction
+    return method
 
 
 @dataclass
@@ -280,7 +283,7 @@ def _write_run_record(
         "weights": str(paths.weights) if paths.weights else None,  # absolute; its sha256 is hashes["weights"]
         "tokenizer_vocab": str(backbone.tokenizer_vocab_path()),  # its sha256 is hashes["tokenizer_vocab"]
         "command": opts.command,
-        "method_facts": method.extra_state(),
+        "method_facts": {**method.extra_state(), "training_recipe": recipe_facts(cfg.train)},
         "skipped_missing_videos": skipped,
         "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),
         "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
@@ -330,6 +333,8 @@ def _train(
         cfg.train.num_workers,
         cfg.seed,
         twin_pairs=cfg.train.twin_pairs,
+        drop_last=cfg.train.drop_last,
+        unique_videos=cfg.train.unique_videos,
         num_replicas=here.world_size,
         rank=here.rank,
     )

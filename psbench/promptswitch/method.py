@@ -204,7 +204,7 @@ class PromptSwitch(RetrievalMethod):
         video = gather_encoded({"video": masked_mean_of_normalized(feats, batch.mask)})  # (B, D)
         text = gather_encoded(self.encode_text(batch.tokens))
         logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B)
-        contrastive = symmetric_infonce(logits)
+        contrastive = symmetric_infonce(logits, self.infonce_reduction)
         out = {"contrastive": contrastive.detach()}
         loss = contrastive
         if self.captioner is not None:
