@@ -250,3 +250,23 @@ def test_default_recipe_leaves_old_protocol_hashes_unchanged():
     changed = resolve(load_protocol("synthetic"), "meanpool", 0, {"train.drop_last": False})
     assert cfg.protocol_hash() != changed.protocol_hash()
     assert cfg.version == 1  # synthetic keeps psbench's own recipe for every method
+
+
+# -- 5. Prompt Switch short videos (datasets/video_capture.py load_frames_from_video, uniform) ---------
+
+
+def _official_ps_uniform(vlen: int, num_frames: int, num_prompts: int) -> list[int]:
+    acc = min(num_prompts, vlen)
+    bounds = [int(b) for b in torch.linspace(0, vlen, acc + 1, dtype=torch.float64).tolist()]
+    ranges = [(bounds[k], bounds[k + 1] - 1) for k in range(acc)]
+    chunks = num_frames // num_prompts
+    idx = [(b - a) // (chunks + 1) * (i + 1) + a for i in range(chunks) for a, b in ranges]
+    return idx + [idx[-1]] * (num_frames - len(idx))
+
+
+@pytest.mark.parametrize("vlen", [1, 2, 3, 5, 6, 7, 11, 12, 13, 40, 301])
+def test_promptswitch_test_frames_match_the_official_sampler_on_short_videos(vlen: int):
+    from psbench.data.sampling import SAMPLERS
+
+    for frames in (6, 12):
+        assert SAMPLERS.get("chunked_interleave")(vlen, frames, None, 6) == _official_ps_uniform(vlen, frames, 6)

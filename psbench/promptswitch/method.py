@@ -9,8 +9,10 @@ is a dot product. A caption decoder on the frame features adds a weighted captio
 
 Frames: ``F`` must be a multiple of np. The F frames of a video are F // np independent chunks, as in
 the official test path, whose encoder is always built with nf = np (12 test frames = two pseudo-videos
-of 6, spec §6.7 and §10.2). Masked (padded) frames still sit in their chunk and exchange prompts with
-its other frames; they are only left out of the mean (the official code never pads).
+of 6, spec §6.7 and §10.2). Masked frames still sit in their chunk and exchange prompts with its other
+frames; they are only left out of the mean. The official code has no mask: a video with fewer frames
+than num_prompts gets min(num_prompts, L) frames per chunk, padded to F with its last frame, and every
+frame counts; psbench's samplers do the same (``chunked_interleave``) and mark every frame valid.
 
 Deviations and choices, recorded by ``extra_state()``:
 
