@@ -150,7 +150,25 @@ def recipe_facts(cfg: TrainConfig) -> dict[str, Any]:
         "infonce_reduction": cfg.infonce_reduction,
         "adam_eps": cfg.eps,
         "bias_correction": cfg.optimizer == "adamw",
+        "deviations": recipe_deviations(cfg),
     }
+
+
+def recipe_deviations(cfg: TrainConfig) -> list[str]:
+    """Where the recipe in effect still departs from the official code (protocols/README.md)."""
+    notes: list[str] = []
+    if cfg.optimizer == "adamw":
+        notes.append(
+            "torch AdamW: eps added after bias-correcting v, decay applied before the step (the HF-style AdamW "
+            "of X-Pool, Prompt Switch and CLIP-ViP adds eps to sqrt(v) before correction and decays after)"
+        )
+    if cfg.optimizer == "bert_adam" and cfg.no_decay_bias_norm:
+        notes.append("no decay on biases and norm parameters (BertAdam's filter spares only names with 'bias')")
+    if cfg.schedule == "psbench_cosine":
+        notes.append("psbench warm-up rule (step + 1) / round(warmup * total), not an official schedule")
+    if cfg.unique_videos:
+        notes.append("repeated videos dropped within each process's share of the batch (official: one process)")
+    return notes
 
 
 def _is_bias_or_norm(name: str, param: Tensor) -> bool:

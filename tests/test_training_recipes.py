@@ -78,6 +78,8 @@ def test_run_records_the_recipe_in_method_facts(tiny_synthetic: Path, tmp_path: 
     assert facts["unique_videos"] is True and facts["drop_last"] is False and facts["schedule"] == "hf_cosine"
     assert facts["optimizer"] == "adamw" and facts["infonce_reduction"] == "mean"
     assert facts["per_tensor_clip"] == 0.0 and facts["bias_correction"] is True
+    assert any("torch AdamW" in d for d in facts["deviations"])  # deviations that stay are listed
+    assert any("each process" in d for d in facts["deviations"])
 
 
 # -- 2. last partial batch and HF cosine warm-up (X-Pool / Prompt Switch train.py) -------------------

@@ -16,6 +16,10 @@ frame counts; psbench's samplers do the same (``chunked_interleave``) and mark e
 
 Deviations and choices, recorded by ``extra_state()``:
 
+* Training recipe (protocol ``[method.promptswitch.train]``, recorded as ``method_facts.training_recipe``):
+  repeated videos are dropped from each batch (official ``collate_fn``), the last partial batch is kept
+  and the lr follows the HF cosine with ``int(0.1 * steps)`` warm-up steps, as ``train.py``. Still
+  different: torch AdamW instead of the HF AdamW (eps placement, decay order; protocols/README.md).
 * ``param_groups="paper"`` (default) trains the new aggregation MHA with the other new parameters
   (cube, captioner). The official code's name filter puts it in the CLIP group (lr 1e-6 instead of
   1e-5, spec §10.4); ``param_groups="official"`` reproduces that.
