@@ -54,13 +54,21 @@ class Batch:
         )
 
 
-def symmetric_infonce(logits: Tensor) -> Tensor:
+#: how the two directions of the symmetric InfoNCE are combined (protocol ``train.infonce_reduction``)
+INFONCE_REDUCTIONS = ("mean", "sum")
+
+
+def symmetric_infonce(logits: Tensor, reduction: str = "mean") -> Tensor:
     """Symmetric InfoNCE over a (B_text, B_video) logit matrix with the diagonal as positives.
 
-    The two directions are averaged (CLIP4Clip, X-Pool, Prompt Switch, TS2-Net).
+    ``mean`` averages the two directions (CLIP4Clip, X-Pool, Prompt Switch, TS2-Net); ``sum`` adds
+    them (CLIP-ViP ``NCELearnableTempLoss``).
     """
+    if reduction not in INFONCE_REDUCTIONS:
+        raise ValueError(f"infonce reduction {reduction!r}; valid: {', '.join(INFONCE_REDUCTIONS)}")
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    total = F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
+    return total if reduction == "sum" else 0.5 * total
 
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
@@ -89,6 +97,8 @@ class RetrievalMethod(nn.Module, ABC):
     name: ClassVar[str] = ""
     #: one stored vector per video (offline) -> similarity is a dot product
     offline_embedding: ClassVar[bool] = True
+    #: symmetric InfoNCE reduction ("mean" | "sum"); the runner sets it from ``train.infonce_reduction``
+    infonce_reduction: str = "mean"
     #: segments for segment-based frame samplers when the protocol leaves it to the method (0/None: sampler default)
     sampler_segments: int | None = None
 
@@ -130,7 +140,7 @@ class RetrievalMethod(nn.Module, ABC):
         text = gather_encoded(self.encode_text(batch.tokens))
         video = gather_encoded(self.encode_video(batch.frames, batch.mask))
         logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B), B = effective batch
-        loss = symmetric_infonce(logits)
+        loss = symmetric_infonce(logits, self.infonce_reduction)
         return {"loss": loss, "contrastive": loss.detach()}
 
     # -- shared helpers ------------------------------------------------------------------------

@@ -124,6 +124,34 @@ class TrainConfig:
     selection: str = _rule("last", choices="psbench.train:SELECTION_RULES")
     num_workers: int = _rule(2, min=0)
     skip_corrupt: bool = False  # skip (and count) training videos that fail to decode instead of failing
+    # -- training-recipe choices (set per method in the protocols' [method.*.train] tables; see
+    # protocols/README.md "Training recipes"); defaults = psbench's original behaviour
+    unique_videos: bool = False  # drop repeated videos from each batch (Prompt Switch collate_fn)
+    drop_last: bool = True  # False: keep the last partial batch (X-Pool / Prompt Switch DataLoader)
+    schedule: str = _rule("psbench_cosine", choices="psbench.optim:SCHEDULES")
+    optimizer: str = _rule("adamw", choices="psbench.optim:OPTIMIZERS")
+    per_tensor_clip: float = _rule(0.0, min=0)  # bert_adam: clip each tensor's grad norm (0 = off)
+    infonce_reduction: str = _rule("mean", choices="psbench.method:INFONCE_REDUCTIONS")
+
+
+#: recipe fields left out of the protocol hash while at their default (old protocol hashes unchanged)
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "unique_videos": False,
+    "drop_last": True,
+    "schedule": "psbench_cosine",
+    "optimizer": "adamw",
+    "per_tensor_clip": 0.0,
+    "infonce_reduction": "mean",
+}
+
+
+def check_train_recipe(train: TrainConfig, where: str) -> None:
+    """Cross-field checks of the recipe choices (each field's own values are checked by its rule)."""
+    if train.per_tensor_clip > 0 and train.optimizer != "bert_adam":
+        raise ProtocolError(
+            f"{where}per_tensor_clip = {train.per_tensor_clip}: only the bert_adam optimiser clips per tensor "
+            f"(optimizer = {train.optimizer!r})"
+        )
 
 
 @dataclass
@@ -167,6 +195,7 @@ class RunConfig:
         d = dict(d)
         for name, section in _SECTIONS.items():
             d[name] = _build(section, d[name], f"recorded config: {name}.")
+        check_train_recipe(d["train"], "recorded config: train.")
         return cls(**d)
 
     def protocol_hash(self) -> str:
@@ -180,6 +209,9 @@ class RunConfig:
         d["train"].pop("num_workers")
         if not d["train"]["skip_corrupt"]:  # the default leaves the hash of existing protocols unchanged
             d["train"].pop("skip_corrupt")
+        for key, default in RECIPE_DEFAULTS.items():  # likewise for the training-recipe choices
+            if d["train"].get(key) == default:
+                d["train"].pop(key)
         d["test"].pop("num_workers")
         d["backbone"].pop("weights")
         if not d["backbone"]["interpolate_pos_embed"]:  # the default leaves existing hashes unchanged
@@ -315,6 +347,8 @@ def resolve(
         else:
             raise ProtocolError(f"--set {key}: unknown key; use data.*, backbone.*, train.*, test.* or options.*")
     seeds = protocol["seeds"]
+    train = _build(TrainConfig, sections["train"], f"{where}: train.")
+    check_train_recipe(train, f"{where}: train.")
     return RunConfig(
         protocol=protocol["name"],
         version=int(protocol["version"]),
@@ -322,7 +356,7 @@ def resolve(
         seed=int(seeds[0] if seed is None else seed),
         data=_build(DataConfig, sections["data"], f"{where}: data."),
         backbone=_build(BackboneConfig, sections["backbone"], f"{where}: backbone."),
-        train=_build(TrainConfig, sections["train"], f"{where}: train."),
+        train=train,
         test=_build(TestConfig, sections["test"], f"{where}: test."),
         options=options,
         reference=list(protocol.get("reference", [])),

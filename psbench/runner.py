@@ -39,7 +39,7 @@ from psbench.runs import (
     environment,
     hash_strings,
 )
-from psbench.train import deterministic_mode, seed_everything, train
+from psbench.train import deterministic_mode, recipe_facts, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def data_hash(split: RetrievalSplit) -> str:
 def build_method(
     cfg: RunConfig, weights: Path | None, trust_checkpoint: bool = False, adjusted: list[str] | None = None
 ) -> RetrievalMethod:
-    """The run's method on its CLIP; ``adjusted`` receives the weight interpolations the protocol allowed."""
+    """The run's method on its CLIP, with the protocol's training-recipe loss reduction set; ``adjusted``
+    receives the weight interpolations the protocol allowed."""
     clip = backbone.create_clip(
         cfg.backbone.arch,
         weights,
@@ -95,7 +96,9 @@ def build_method(
         interpolate_pos_embed=cfg.backbone.interpolate_pos_embed,
         adjusted=adjusted,
     )
-    return create_method(cfg.method, clip, cfg.options)
+    method = create_method(cfg.method, clip, cfg.options)
+    method.infonce_reduction = cfg.train.infonce_reduction
+    return method
 
 
 @dataclass
@@ -300,7 +303,7 @@ def _write_run_record(
         "tokenizer_vocab": str(backbone.tokenizer_vocab_path()),  # its sha256 is hashes["tokenizer_vocab"]
         "command": opts.command,
         "weights_adjusted": weights_adjusted,  # e.g. "positional_embedding 33x64 -> 32x64" (interpolated)
-        "method_facts": method.extra_state(),
+        "method_facts": {**method.extra_state(), "training_recipe": recipe_facts(cfg.train)},
         "skipped_missing_videos": skipped,
         "compress_recipe": read_compress_recipe(paths.data_root / cfg.data.video_dir),
         "num_parameters": {g: sum(p.numel() for _, p in ps) for g, ps in method.parameter_groups().items()},
@@ -350,6 +353,8 @@ def _train(
         cfg.train.num_workers,
         cfg.seed,
         twin_pairs=cfg.train.twin_pairs,
+        drop_last=cfg.train.drop_last,
+        unique_videos=cfg.train.unique_videos,
         num_replicas=here.world_size,
         rank=here.rank,
     )

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from psbench import distributed
 from psbench.data.video import VideoError
 from psbench.method import Batch, RetrievalMethod
+from psbench.optim import OPTIMIZERS, BertAdam, make_schedule, psbench_cosine
 from psbench.protocol import TrainConfig
 from psbench.runs import append_jsonl, atomic_torch_save
 
@@ -118,8 +119,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[-1], tuple(py[:-1]), None))
 
 
-def build_optimizer(method: RetrievalMethod, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two learning-rate groups (CLIP, new); optionally no decay on biases and norms."""
+def build_optimizer(method: RetrievalMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (AdamW or BertAdam) with two learning-rate groups (CLIP, new); optionally no
+    decay on biases and norms. BertAdam clips each tensor's gradient to ``cfg.per_tensor_clip``."""
     groups: list[dict[str, Any]] = []
     for group_name, named in method.parameter_groups().items():
         lr = cfg.lr_clip if group_name == "clip" else cfg.lr_new
@@ -129,24 +131,52 @@ def build_optimizer(method: RetrievalMethod, cfg: TrainConfig) -> torch.optim.Ad
             groups.append({"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "name": group_name})
         if no_decay:
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{group_name}_nodecay"})
+    if cfg.optimizer == "bert_adam":
+        return BertAdam(groups, betas=tuple(cfg.betas), eps=cfg.eps, max_grad_norm=cfg.per_tensor_clip)
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"train.optimizer={cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     return torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def recipe_facts(cfg: TrainConfig) -> dict[str, Any]:
+    """The training-recipe choices in effect, for the run record's ``method_facts``."""
+    return {
+        "unique_videos": cfg.unique_videos,
+        "drop_last": cfg.drop_last,
+        "schedule": cfg.schedule,
+        "optimizer": cfg.optimizer,
+        "per_tensor_clip": cfg.per_tensor_clip,
+        "global_grad_clip": cfg.grad_clip,
+        "infonce_reduction": cfg.infonce_reduction,
+        "adam_eps": cfg.eps,
+        "bias_correction": cfg.optimizer == "adamw",
+        "deviations": recipe_deviations(cfg),
+    }
+
+
+def recipe_deviations(cfg: TrainConfig) -> list[str]:
+    """Where the recipe in effect still departs from the official code (protocols/README.md)."""
+    notes: list[str] = []
+    if cfg.optimizer == "adamw":
+        notes.append(
+            "torch AdamW: eps added after bias-correcting v, decay applied before the step (the HF-style AdamW "
+            "of X-Pool, Prompt Switch and CLIP-ViP adds eps to sqrt(v) before correction and decays after)"
+        )
+    if cfg.optimizer == "bert_adam" and cfg.no_decay_bias_norm:
+        notes.append("no decay on biases and norm parameters (BertAdam's filter spares only names with 'bias')")
+    if cfg.schedule == "psbench_cosine":
+        notes.append("psbench warm-up rule (step + 1) / round(warmup * total), not an official schedule")
+    if cfg.unique_videos:
+        notes.append("repeated videos dropped within each process's share of the batch (official: one process)")
+    return notes
 
 
 def _is_bias_or_norm(name: str, param: Tensor) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name
 
 
-def warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over ``warmup * total`` steps, then cosine decay to 0."""
-    warm = max(1, int(round(warmup * total_steps))) if warmup > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+#: psbench's original schedule (``train.schedule = "psbench_cosine"``; also used by ``psbench.pretrain``)
+warmup_cosine = psbench_cosine
 
 
 @dataclass
@@ -242,7 +272,7 @@ def train(
     total = cfg.epochs * steps_per_epoch
     method.to(device)
     optimizer = build_optimizer(method, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, cfg.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(cfg.schedule, total, cfg.warmup))
     use_amp = device.type == "cuda"
     main = distributed.is_main()
     log_path = run_dir / "train_log.jsonl"

@@ -351,7 +351,7 @@ def test_the_real_protocols_exist() -> None:
 @pytest.mark.parametrize("name", REAL_PROTOCOLS)
 def test_protocol_resolves_for_every_method(name: str) -> None:
     proto = load_protocol(name)
-    assert proto["version"] == 1 and proto["name"] == name and len(proto["seeds"]) >= 3
+    assert proto["version"] == 2 and proto["name"] == name and len(proto["seeds"]) >= 3
     assert set(proto["method"]) == set(FAMILIES)
     classes = method_classes()
     for method in sorted(set(FAMILIES) | set(classes)):

@@ -91,8 +91,9 @@ def test_random_per_segment_one_frame_segments_take_segment_start() -> None:
         (60, 18, 6, [2, 12, 22, 32, 42, 52, 4, 14, 24, 34, 44, 54, 6, 16, 26, 36, 46, 56]),
         # 4 prompts, 2 chunks: boundaries 0,10,20,30,40 -> step 3
         (40, 8, 4, [3, 13, 23, 33, 6, 16, 26, 36]),
-        # L < segments: boundaries [0,0,1,1,2,2,3]; empty segments take s_k
-        (3, 12, 6, [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]),
+        # L < segments (official video_capture.py): min(6, 3) = 3 segments per chunk, padded with the last frame
+        (3, 12, 6, [0, 1, 2, 0, 1, 2, 2, 2, 2, 2, 2, 2]),
+        (4, 6, 6, [0, 1, 2, 3, 3, 3]),
     ],
 )
 def test_chunked_interleave(length: int, n: int, segments: int | None, expected: list[int]) -> None:

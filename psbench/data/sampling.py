@@ -107,21 +107,24 @@ def chunked_interleave(
 ) -> list[int]:
     """Prompt Switch test sampling (spec §6.7): ``n // segments`` chunks, each spanning the video.
 
-    Boundaries ``linspace(0, L, segments + 1)`` cast to int (``segments`` = number of prompts,
-    default 6). Chunk i takes ``s_k + ((s_{k+1} - 1 - s_k) // (chunks + 1)) * (i + 1)`` in every
-    segment k; the output is chunk 0's frames, then chunk 1's, ... (not in temporal order).
-    With 12 frames and 6 segments: 2 chunks at about 1/3 and 2/3 of each segment.
-    Deviation: an empty segment (L < segments) would give a negative offset in the official
-    formula; we clamp the offset at 0, i.e. take s_k.
+    As ``datasets/video_capture.py`` (``load_frames_from_video``, ``uniform``): ``parts = min(segments, L)``
+    segments with boundaries ``linspace(0, L, parts + 1)`` cast to int (``segments`` = number of prompts,
+    default 6); chunk i takes ``s_k + ((s_{k+1} - 1 - s_k) // (chunks + 1)) * (i + 1)`` in every segment
+    k; the output is chunk 0's frames, then chunk 1's, ... (not in temporal order). With 12 frames and 6
+    segments: 2 chunks at about 1/3 and 2/3 of each segment. A video with fewer than ``segments`` frames
+    yields ``parts`` frames per chunk, and the list is padded to ``n`` with its last frame, as the
+    official code pads (so the chunks of such a video no longer line up with the prompt slots).
     """
     segments = DEFAULT_PROMPT_SEGMENTS if segments is None else segments
     _check("chunked_interleave", num_video_frames, n)
     if segments < 1 or n % segments:
         raise ValueError(f"sampler 'chunked_interleave': num_frames={n} is not a multiple of segments={segments}")
     chunks = n // segments
-    s = _boundaries(num_video_frames, segments)
-    steps = [max(0, (s[k + 1] - 1 - s[k]) // (chunks + 1)) for k in range(segments)]
-    return [s[k] + steps[k] * (i + 1) for i in range(chunks) for k in range(segments)]
+    parts = min(segments, num_video_frames)
+    s = _boundaries(num_video_frames, parts)
+    steps = [(s[k + 1] - 1 - s[k]) // (chunks + 1) for k in range(parts)]
+    picks = [s[k] + steps[k] * (i + 1) for i in range(chunks) for k in range(parts)]
+    return _pad_with_last(picks, n)
 
 
 @SAMPLERS.register("jittered_linspace")

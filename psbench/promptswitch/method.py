@@ -9,11 +9,17 @@ is a dot product. A caption decoder on the frame features adds a weighted captio
 
 Frames: ``F`` must be a multiple of np. The F frames of a video are F // np independent chunks, as in
 the official test path, whose encoder is always built with nf = np (12 test frames = two pseudo-videos
-of 6, spec §6.7 and §10.2). Masked (padded) frames still sit in their chunk and exchange prompts with
-its other frames; they are only left out of the mean (the official code never pads).
+of 6, spec §6.7 and §10.2). Masked frames still sit in their chunk and exchange prompts with its other
+frames; they are only left out of the mean. The official code has no mask: a video with fewer frames
+than num_prompts gets min(num_prompts, L) frames per chunk, padded to F with its last frame, and every
+frame counts; psbench's samplers do the same (``chunked_interleave``) and mark every frame valid.
 
 Deviations and choices, recorded by ``extra_state()``:
 
+* Training recipe (protocol ``[method.promptswitch.train]``, recorded as ``method_facts.training_recipe``):
+  repeated videos are dropped from each batch (official ``collate_fn``), the last partial batch is kept
+  and the lr follows the HF cosine with ``int(0.1 * steps)`` warm-up steps, as ``train.py``. Still
+  different: torch AdamW instead of the HF AdamW (eps placement, decay order; protocols/README.md).
 * ``param_groups="paper"`` (default) trains the new aggregation MHA with the other new parameters
   (cube, captioner). The official code's name filter puts it in the CLIP group (lr 1e-6 instead of
   1e-5, spec §10.4); ``param_groups="official"`` reproduces that.
@@ -204,7 +210,7 @@ class PromptSwitch(RetrievalMethod):
         video = gather_encoded({"video": masked_mean_of_normalized(feats, batch.mask)})  # (B, D)
         text = gather_encoded(self.encode_text(batch.tokens))
         logits = self.logit_scale.exp() * self.similarity(text, video)  # (B, B)
-        contrastive = symmetric_infonce(logits)
+        contrastive = symmetric_infonce(logits, self.infonce_reduction)
         out = {"contrastive": contrastive.detach()}
         loss = contrastive
         if self.captioner is not None:
