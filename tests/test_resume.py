@@ -133,7 +133,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, where
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoint_last.pt")
-    assert len(leftovers) == 1 and leftovers[0].endswith(".tmp")  # the killed write stays a temp file
+    assert len(leftovers) == 1 and ".partial" in leftovers[0]  # the killed write stays a temp file
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 0 and torch.equal(state["w"], torch.arange(1000.0))
     os.remove(tmp_path / leftovers[0])
