@@ -126,25 +126,39 @@ class XPoolHead(nn.Module):
         """cos(t, psi(v|t)) without materialising psi (eval mode, no dropout). -> (Nb, Qb).
 
         query, text_unit (Qb, D); keys (Nb, F, D); mask (Nb, F); proj, stats from ``norm_fold_cache``.
+        Laid out video-major with queries innermost ((Nb, ., Qb)): the softmax and every sum over frame
+        slots then run over a middle axis, which torch vectorises (a softmax over a last axis of F = 12
+        is about 20x slower on CPU), and the two D-wide products go through :func:`cpu_linear.linear`.
         """
-        qb, nb, d = query.shape[0], keys.shape[0], self.dim
+        qb, nb, f, d = query.shape[0], keys.shape[0], keys.shape[1], self.dim
+        h, dh = self.num_heads, self.head_dim
         k = proj.shape[1]
-        attn = self.attention(query, keys, mask)  # (H, Qb, Nb, F)
-        alpha = attn.permute(2, 1, 0, 3).reshape(nb, qb, k - 1)  # (Nb, Qb, H*F)
-        alpha = torch.cat([alpha, alpha.new_ones(nb, qb, 1)], dim=-1)  # (Nb, Qb, K); b_o has weight 1
-        quad = torch.bmm(alpha, stats[..., : 3 * k]).view(nb, qb, 3, k)  # (Nb, Qb, 3, K)
-        quad = (quad * alpha.unsqueeze(2)).sum(-1)  # (Nb, Qb, 3): a'Ca, a'Ga, a'G3a
-        lin = torch.bmm(alpha, stats[..., 3 * k :])  # (Nb, Qb, 3): a.g, a.g3, a.h
-        tp = (text_unit @ proj.reshape(nb * k, d).t()).view(qb, nb, k)  # (Qb, Nb, K)
-        t_proj = (tp.transpose(0, 1) * alpha).sum(-1)  # (Nb, Qb)
+        n = k - 1  # H*F attention weights; slot K is b_o with weight 1
+        scaled = query * (1.0 / math.sqrt(dh))  # (Qb, D)
+        bias = torch.zeros(nb, f, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
+        if h == 1:
+            logits = cpu_linear.linear(keys.reshape(nb * f, d), scaled).view(nb, f, qb)  # (Nb, F, Qb)
+            alpha = logits.add_(bias[..., None]).softmax(1)  # (Nb, F, Qb), softmax over frames
+        else:
+            k_heads = keys.reshape(nb * f, h, dh).transpose(0, 1)  # (H, Nb*F, dh)
+            q_heads = scaled.view(qb, h, dh).permute(1, 2, 0)  # (H, dh, Qb)
+            logits = torch.baddbmm(bias.view(1, nb * f, 1), k_heads, q_heads).view(h, nb, f, qb)
+            alpha = logits.softmax(2).transpose(0, 1).reshape(nb, n, qb)  # (Nb, H*F, Qb)
+        rows, consts = _frame_slot_rows(stats, k)  # (Nb, 3n + 6, n), (Nb, 6)
+        prod = torch.bmm(rows, alpha)  # (Nb, 3n + 6, Qb)
+        quad = (prod[:, : 3 * n].view(nb, 3, n, qb) * alpha.unsqueeze(1)).sum(2)  # (Nb, 3, Qb)
+        quad = quad + prod[:, 3 * n : 3 * n + 3] + consts[:, :3, None]  # a'Ca, a'Ga, a'G3a
+        lin = prod[:, 3 * n + 3 :] + consts[:, 3:, None]  # (Nb, 3, Qb): a.g, a.g3, a.h
+        tp = cpu_linear.linear(proj.reshape(nb * k, d), text_unit).view(nb, k, qb)  # (Nb, K, Qb)
+        t_proj = (tp[:, :n] * alpha).sum(1) + tp[:, n]  # (Nb, Qb)
         ec, g3ec = self._fold_constant()
         beta3 = self.ln3.bias
-        s_o = (quad[..., 0] / d + self.ln2.eps).sqrt()  # (Nb, Qb) LN2 scale
-        var_z = (quad[..., 1] / s_o**2 + 2 * lin[..., 0] / s_o + ec @ ec) / d
+        s_o = (quad[:, 0] / d + self.ln2.eps).sqrt()  # (Nb, Qb) LN2 scale
+        var_z = (quad[:, 1] / s_o**2 + 2 * lin[:, 0] / s_o + ec @ ec) / d
         s_z = (var_z + self.ln3.eps).sqrt()  # (Nb, Qb) LN3 scale
         num = (t_proj / s_o + text_unit @ g3ec) / s_z + text_unit @ beta3  # (Nb, Qb)
-        y_sq = (quad[..., 2] / s_o**2 + 2 * lin[..., 1] / s_o + g3ec @ g3ec) / s_z**2
-        y_sq = y_sq + 2 * (lin[..., 2] / s_o + g3ec @ beta3) / s_z + beta3 @ beta3  # (Nb, Qb) |psi|^2
+        y_sq = (quad[:, 2] / s_o**2 + 2 * lin[:, 1] / s_o + g3ec @ g3ec) / s_z**2
+        y_sq = y_sq + 2 * (lin[:, 2] / s_o + g3ec @ beta3) / s_z + beta3 @ beta3  # (Nb, Qb) |psi|^2
         return num / y_sq.clamp_min(0).sqrt().clamp_min(NORM_EPS)
 
     def pool(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, folded: bool) -> Tensor:
@@ -171,6 +185,23 @@ class XPoolHead(nn.Module):
         """I + W_l (D, D): the residual folded into the last projection (used when dropout is off)."""
         w = self.linear.weight
         return w + torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+
+
+def _frame_slot_rows(stats: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Split ``norm_fold_cache``'s stats at the b_o slot (weight 1), so that with a = [alpha ; 1]
+    a'Xa = alpha' X_ff alpha + 2 X_Kf . alpha + X_KK and a.g = g_f . alpha + g_K.
+
+    stats (Nb, K, 3K + 3) -> rows (Nb, 3n + 6, n) = [C_ff; G_ff; G3_ff; 2C_Kf; 2G_Kf; 2G3_Kf; g_f'; g3_f'; h_f']
+    and consts (Nb, 6) = [C_KK, G_KK, G3_KK, g_K, g3_K, h_K], with n = K - 1 (Gram matrices are symmetric).
+    """
+    n = k - 1
+    grams = [stats[..., i * k : (i + 1) * k] for i in range(3)]  # 3 x (Nb, K, K)
+    vecs = stats[..., 3 * k :]  # (Nb, K, 3)
+    rows = torch.cat(
+        [*(g[:, :n, :n] for g in grams), *(2 * g[:, n : n + 1, :n] for g in grams), vecs[:, :n].transpose(1, 2)], 1
+    )  # (Nb, 3n + 6, n)
+    consts = torch.cat([torch.stack([g[:, n, n] for g in grams], -1), vecs[:, n]], -1)  # (Nb, 6)
+    return rows, consts
 
 
 def cosine_with(text_unit: Tensor, pooled: Tensor) -> Tensor:
@@ -270,15 +301,17 @@ class XPool(RetrievalMethod):
         """Exact FLOPs (multiply-add = 2) of the matrix products ``similarity`` runs per (text, video)
         pair in eval mode: what fvcore counts, less the per-query and per-block terms.
 
-        fold_norms (K = H*F + 1): logits 2FD, text . folded rows 2KD, the three Gram quadratic forms
-        alpha @ [C | G | G3] 6K^2, the linear terms alpha @ [g | g3 | h] 6K. Otherwise: logits 2FD, the
-        weighted sum of values (2HFD W_o-folded, else 2FD), W_l 2D^2 (+ W_o 2D^2 when not folded).
+        fold_norms (K = H*F + 1, n = K - 1 = H*F): logits 2FD, text . folded rows 2KD, the Gram rows of
+        the frame slots (3n + 6 of them, ``_frame_slot_rows``) @ alpha 2(3n + 6)n = 6n^2 + 12n.
+        Otherwise: logits 2FD, the weighted sum of values (2HFD W_o-folded, else 2FD), W_l 2D^2
+        (+ W_o 2D^2 when not folded).
         """
         d, h, f = self.pool_head.dim, self.pool_head.num_heads, num_frames
         logits = 2 * f * d
         if self.fold_norms:
             k = h * f + 1
-            return logits + 2 * k * d + 6 * k * k + 6 * k
+            n = k - 1
+            return logits + 2 * k * d + 6 * n * n + 12 * n
         weighted_sum = 2 * h * f * d if self.fold_out_proj else 2 * f * d
         proj = 2 * d * d * (1 if self.fold_out_proj else 2)  # W_l (+ W_o when not folded)
         return proj + logits + weighted_sum

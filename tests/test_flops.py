@@ -134,8 +134,8 @@ def test_xpool_pair_flops_have_one_source(opts: dict) -> None:
     assert flops.closed_form_pair_flops(xpool, frames, d) == xpool.online_flops_per_pair(frames)
 
     k = h * frames + 1
-    if xpool.fold_norms:  # MACs per pair: logits FD, text . rows KD, alpha @ [C|G|G3] 3K^2, alpha @ [g|g3|h] 3K
-        hand_macs = frames * d + k * d + 3 * k * k + 3 * k
+    if xpool.fold_norms:  # MACs per pair: logits FD, text . rows KD, (3(K-1) + 6) frame-slot rows @ alpha (K-1)
+        hand_macs = frames * d + k * d + (3 * (k - 1) + 6) * (k - 1)
         hand_elementwise = 8 * k + 36
     elif xpool.fold_out_proj:  # logits FD, W_o-folded weighted sum HFD, W_l D^2
         hand_macs, hand_elementwise = frames * d + h * frames * d + d * d, 25 * d
