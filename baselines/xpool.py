@@ -37,6 +37,10 @@ from psbench.backbone import frame_features
 from psbench.method import METHODS, Encoded, RetrievalMethod, l2_normalize
 
 NORM_EPS = 1e-6  # same eps as psbench.method.l2_normalize
+#: the folded path's block: at most 256 queries x (16 * pairs_per_block / 256) videos, so that the
+#: (Nb, 3HF + 6, Qb) temporaries stay in the CPU caches (measured fastest of 16..1000 x 16..4000)
+FOLDED_QUERY_BLOCK = 256
+FOLDED_BLOCK_FACTOR = 16
 
 
 class XPoolHead(nn.Module):
@@ -264,9 +268,25 @@ class XPool(RetrievalMethod):
             out["proj"], out["stats"] = self.pool_head.norm_fold_cache(values)
         return out
 
+    def derive_cached(self, video: Encoded) -> Encoded:
+        """The cache entries that are functions of others, recomputed from ``video``'s values: the
+        folded form's proj/stats (empty otherwise). Used to keep random efficiency galleries consistent."""
+        if "proj" not in video:
+            return {}
+        proj, stats = self.pool_head.norm_fold_cache(video["values"].to(self.pool_head.ln2.weight.dtype))
+        return {"proj": proj, "stats": stats}
+
     def uses_norm_fold(self) -> bool:
         """The Gram-matrix path applies only when dropout is inactive (eval mode or p = 0)."""
         return self.fold_norms and not (self.training and self.pool_head.dropout.p > 0)
+
+    def similarity_form(self) -> str:
+        """Which exact form ``similarity`` takes now (recorded by ``psbench efficiency``)."""
+        if self.uses_norm_fold():
+            return "folded (fold_norms: LN2, W_l, residual and LN3 through per-video Gram matrices)"
+        if self.fold_norms:
+            return "reference (fold_norms is set, but dropout is active in training mode)"
+        return "reference" + (" (W_o folded into the cached values)" if self.fold_out_proj else "")
 
     def similarity(self, text: Encoded, video: Encoded) -> Tensor:
         """(Q, N) scores cos(t, psi(v|t)), computed in blocks of at most ``pairs_per_block`` pairs."""
@@ -277,8 +297,8 @@ class XPool(RetrievalMethod):
         fold = self.uses_norm_fold()
         if fold and "proj" not in video:
             raise KeyError("fold_norms is on but the encoded videos lack 'proj'/'stats'; re-encode them")
-        budget = self.pairs_per_block * (16 if fold else 1)  # the folded path keeps ~4K floats per pair
-        q_step = min(num_q, budget)
+        budget = self.pairs_per_block * (FOLDED_BLOCK_FACTOR if fold else 1)  # folded: ~4K floats per pair
+        q_step = min(num_q, FOLDED_QUERY_BLOCK if fold else budget)
         v_step = max(1, budget // q_step)
         out = query.new_empty(num_q, num_v)  # (Q, N); filled block by block, no concatenation copies
         for q0 in range(0, num_q, q_step):
@@ -342,3 +362,15 @@ class XPool(RetrievalMethod):
             "fold_out_proj": self.fold_out_proj,
             "fold_norms": self.fold_norms,
         }
+
+
+@METHODS.register("xpool-folded")
+class XPoolFolded(XPool):
+    """X-Pool in its cheapest exact inference form: ``fold_norms`` on (the same parameters and, in eval
+    mode, the same scores to float rounding as ``xpool``; training with dropout takes the reference path).
+
+    A plain registered factory so that ``psbench efficiency`` times both forms side by side.
+    """
+
+    def __init__(self, clip: nn.Module, num_heads: int = 1, dropout: float = 0.3, pairs_per_block: int = 2048) -> None:
+        super().__init__(clip, num_heads, dropout, pairs_per_block, fold_out_proj=True, fold_norms=True)

@@ -104,21 +104,27 @@ def _print_efficiency(result: dict[str, Any]) -> None:
             _flops(onl["flops_per_pair_closed_form"]),
         )
     console.print(costs)
-    if result["xpool_vs_promptswitch"]:
-        ratio = Table(title="X-Pool online cost per query relative to Prompt Switch")
-        for col in ("N", "xpool", "promptswitch", "ratio", "repeat min-max", "status"):
+    for key, form in (("xpool_folded_vs_promptswitch", "xpool-folded"), ("xpool_vs_promptswitch", "xpool")):
+        rows = result.get(key) or []
+        if not rows:
+            continue
+        label = "cheapest exact form, the fair headline" if form != "xpool" else "reference form, as the official code"
+        ratio = Table(title=f"{form} ({label}) online cost per query relative to Prompt Switch")
+        for col in ("N", form, "promptswitch", "ratio", "repeat min-max", "status"):
             ratio.add_column(col, justify="right")
-        for row in result["xpool_vs_promptswitch"]:
+        for row in rows:
             spread = row.get("ratio_spread")
             ratio.add_row(
                 str(row["gallery"]),
-                _seconds(row["xpool_s_per_query"]),
+                _seconds(row[f"{form}_s_per_query"]),
                 _seconds(row["promptswitch_s_per_query"]),
                 f"{row['ratio']:.1f}x" if row["ratio"] else "-",
                 f"{spread['min']:.1f}-{spread['max']:.1f}x" if spread else "-",
                 row["status"],
             )
         console.print(ratio)
+    if result.get("xpool_forms"):
+        policy.print_line(result["xpool_forms"])
 
 
 def efficiency(

@@ -386,10 +386,15 @@ def xpool_pair_flops(method: RetrievalMethod, frames: int, dim: int) -> float:
 
 
 def xpool_video_flops(method: RetrievalMethod, frames: int) -> int:
-    """F frame passes + cached k, v projections (+ W_o folded into the values)."""
+    """F frame passes + cached k, v projections (+ W_o folded into the values); with ``fold_norms``
+    (eval mode) also ``norm_fold_cache``: K rows through (I + W_l) diag(gamma2) (K D^2), the three
+    K x K Gram matrices (3 K^2 D) and the three vectors (3 K D), K = H*F + 1."""
     dim = method.pool_head.dim
     folded = bool(getattr(method, "fold_out_proj", False))
     extra = frames * dim * dim * (3 if folded else 2)
+    if method.uses_norm_fold():
+        k = method.pool_head.num_heads * frames + 1
+        extra += k * dim * dim + 3 * k * k * dim + 3 * k * dim
     return frame_vit_video_flops(method, frames) + MAC_TO_FLOP * extra
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_config(**overrides: object) -> eff.EfficiencyConfig:
     base = dict(
-        methods=["meanpool", "xpool", "promptswitch"],
+        methods=["meanpool", "xpool", "xpool-folded", "promptswitch"],
         arch="psbench-tiny",
         frames=6,
         queries=8,
@@ -64,7 +64,7 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
         assert onl["flops_per_pair_fvcore"] > 0 and onl["flops_per_pair_closed_form"] > 0
         assert onl["topk_path"] in eff.TOPK_PATHS.values()
         sizes = [p["gallery"] for p in res["points"]]
-        assert sizes == ([250, 500, 1000] if name in ("xpool", "promptswitch") else [250, 1000])
+        assert sizes == ([250, 500, 1000] if name in ("xpool", "xpool-folded", "promptswitch") else [250, 1000])
         for p in res["points"]:
             assert p["status"] == "measured" and p["queries_timed"] == 8 and not p["query_set_extrapolated"]
             stats = p["latency_per_query_s"]
@@ -74,6 +74,14 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
     assert on_disk["methods"]["meanpool"]["offline"]["encoded"] == {"video": {"shape": [64], "dtype": "float32"}}
     assert set(on_disk["methods"]["xpool"]["offline"]["encoded"]) == {"frames", "mask", "keys", "values"}
     assert on_disk["methods"]["xpool"]["online"]["topk_path"] == eff.TOPK_PATHS[False]  # not an inner product
+    assert on_disk["methods"]["xpool"]["online"]["similarity_form"].startswith("reference")
+    assert on_disk["methods"]["xpool-folded"]["online"]["similarity_form"].startswith("folded")
+    assert set(on_disk["methods"]["xpool-folded"]["offline"]["encoded"]) >= {"keys", "mask", "proj", "stats"}
+    reference_pair = on_disk["methods"]["xpool"]["online"]["flops_per_pair_closed_form"]
+    assert on_disk["methods"]["xpool-folded"]["online"]["flops_per_pair_closed_form"] < reference_pair / 2
+    folded_ratios = on_disk["xpool_folded_vs_promptswitch"]
+    assert [r["gallery"] for r in folded_ratios] == [250, 500, 1000] and all(r["ratio"] > 0 for r in folded_ratios)
+    assert "fair headline" in on_disk["xpool_forms"]
     ratios = on_disk["xpool_vs_promptswitch"]
     assert [r["gallery"] for r in ratios] == [250, 500, 1000] and all(r["ratio"] > 0 for r in ratios)
     for r in ratios:  # the ratio comes with its spread over the repeats (2 x 2 repeat ratios)

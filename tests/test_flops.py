@@ -114,8 +114,9 @@ def test_similarity_counts(fold: bool) -> None:
 def test_offline_closed_form_per_method() -> None:
     """fvcore on encode_video vs the per-method closed forms (tiny backbone, 6 frames)."""
     import psbench.promptswitch  # noqa: F401
+    from psbench.method import METHODS
 
-    for name in ("meanpool", "xpool", "promptswitch"):
+    for name in METHODS.names():  # every registered method and variant
         method = create_method(name, create_clip("psbench-tiny")).eval()
         frames, mask = torch.randn(1, 6, 3, 32, 32), torch.ones(1, 6, dtype=torch.bool)
         count = flops.count_encode_video_flops(method, frames, mask)

@@ -231,3 +231,30 @@ def test_training_loss_uses_the_pooling_and_reaches_the_head(clip):
         assert grad is not None and torch.count_nonzero(grad) > 0, name
     method.zero_grad(set_to_none=True)
     method.eval()
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_folded_variant_scores_as_the_reference_form(clip, num_heads):
+    """``xpool-folded`` (the cheapest exact form) loads an ``xpool`` state dict and gives its scores:
+    random non-identity weights, padded frames, at D = 512 shapes through the registered factories."""
+    reference = _method(clip, num_heads=num_heads)
+    _randomise(reference.pool_head)
+    folded = create_method("xpool-folded", clip, {"num_heads": num_heads}).eval()
+    folded.load_state_dict(reference.state_dict())
+    assert folded.fold_norms and not reference.fold_norms
+    text, frames, mask = _data(q=9, n=11, f=12)
+    with torch.no_grad():
+        expected = reference.similarity(*_encode(reference, text, frames, mask))
+        got = folded.similarity(*_encode(folded, text, frames, mask))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert folded.similarity_form().startswith("folded") and reference.similarity_form().startswith("reference")
+
+
+def test_folded_variant_trains_through_the_reference_path_and_says_so(clip):
+    folded = create_method("xpool-folded", clip, {"dropout": 0.3}).train()
+    frames, mask = torch.randn(2, 3, 3, 32, 32), torch.ones(2, 3, dtype=torch.bool)
+    assert not folded.uses_norm_fold() and "dropout is active" in folded.similarity_form()
+    with torch.no_grad():
+        assert "proj" not in folded.encode_video(frames, mask)  # no Gram cache: the reference path runs
+        folded.eval()
+        assert "proj" in folded.encode_video(frames, mask) and folded.similarity_form().startswith("folded")

@@ -144,22 +144,34 @@ def latency_table(data: dict[str, Any]) -> Table:
 
 
 def ratio_table(data: dict[str, Any]) -> Table | None:
-    rows = [
-        Row(
-            [
-                f"{r['gallery']:,}",
-                seconds(r.get("xpool_s_per_query")),
-                seconds(r.get("promptswitch_s_per_query")),
-                DASH if r.get("ratio") is None else f"{r['ratio']:.0f}x",
-                r["status"],
-            ]
-        )
-        for r in data.get("xpool_vs_promptswitch", [])
-    ]
-    if not rows:
+    """X-Pool / Prompt Switch online latency per query, for each X-Pool form the result measured
+    (the folded form is the fair headline; results from before it existed have the reference only)."""
+    by_form = {
+        form: {r["gallery"]: r for r in data.get(key, [])}
+        for form, key in (("xpool-folded", "xpool_folded_vs_promptswitch"), ("xpool", "xpool_vs_promptswitch"))
+    }
+    forms = [form for form, rows in by_form.items() if rows]
+    if not forms:
         return None
-    columns = ["gallery N", "xpool / query", "promptswitch / query", "ratio", "status"]
-    return Table(f"X-Pool vs Prompt Switch online latency: {setting(data)}", columns, rows)
+    sizes = sorted(set().union(*(by_form[f] for f in forms)))
+    rows = []
+    for n in sizes:
+        first = next(by_form[f][n] for f in forms if n in by_form[f])
+        cells = [f"{n:,}", seconds(first.get("promptswitch_s_per_query"))]
+        for form in forms:
+            r = by_form[form].get(n, {})
+            cells += [seconds(r.get(f"{form}_s_per_query")), DASH if r.get("ratio") is None else f"{r['ratio']:.0f}x"]
+        cells.append(first["status"])
+        rows.append(Row(cells))
+    columns = ["gallery N", "promptswitch / query"]
+    for form in forms:
+        columns += [f"{form} / query", f"{form} ratio"]
+    notes = (
+        [data["xpool_forms"]]
+        if data.get("xpool_forms")
+        else ["X-Pool in its reference form only (this result predates the folded form)."]
+    )
+    return Table(f"X-Pool vs Prompt Switch online latency: {setting(data)}", columns, rows, notes)
 
 
 def scaling_plot(data: dict[str, Any], path: Path) -> Path:

@@ -17,7 +17,14 @@ from psbench.report.quality import GroupQuality  # noqa: E402
 
 DPI = 200
 #: one colour per method in every figure of a report
-METHOD_COLORS = {"meanpool": "C0", "promptswitch": "C1", "tokenshift": "C2", "videoproxy": "C4", "xpool": "C3"}
+METHOD_COLORS = {
+    "meanpool": "C0",
+    "promptswitch": "C1",
+    "tokenshift": "C2",
+    "videoproxy": "C4",
+    "xpool": "C3",
+    "xpool-folded": "C5",
+}
 
 
 def wrap_label(label: str, width: int = 34) -> str:
