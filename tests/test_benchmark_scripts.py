@@ -50,6 +50,19 @@ def test_xpool_similarity_runs_at_toy_size() -> None:
     assert "ratio to matmul peak" in stdout and "peak extra RSS" in stdout
 
 
+def test_xpool_forms_compares_both_forms_in_one_run(tmp_path: Path) -> None:
+    """Both X-Pool forms at toy size, side by side: equal scores, the FLOP ratio, shares of one peak."""
+    args = ["--queries", "8", "--videos", "300", "--frames", "12", "24", "--matmul-size", "128", "--threads", "1"]
+    run_script("benchmarks/xpool_forms.py", *args, "--out", str(tmp_path))
+    result = json.loads((tmp_path / "xpool_forms.json").read_text())
+    assert [p["frames"] for p in result["points"]] == [12, 24]
+    for point in result["points"]:
+        assert point["max_abs_score_difference"] < 1e-5
+        assert point["flop_ratio"] == point["reference"]["flops_per_pair"] / point["folded"]["flops_per_pair"] > 1
+        for form in ("reference", "folded"):
+            assert 0 < point[form]["share_of_peak"] <= 1  # the peak includes the forms' own rates
+
+
 def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
     """The GPU check script runs end to end at toy sizes on the CPU, so the device call cannot fail on a typo."""
     out = tmp_path / "out"
