@@ -123,6 +123,12 @@ def garbage_video(env: Env, tmp: Path) -> tuple[list[str], str]:
     return _run_args(root, tmp / "runs"), f"cannot open video (Invalid data found when processing input): {video}"
 
 
+def garbage_video_through_workers(env: Env, tmp: Path) -> tuple[list[str], str]:
+    """The same garbage video decoded in DataLoader worker processes (the default): the same one line."""
+    argv, named = garbage_video(env, tmp)
+    return [*argv, "--set=test.num_workers=2"], named
+
+
 def malformed_annotation(env: Env, tmp: Path) -> tuple[list[str], str]:
     root = _linked_copy(env.data, tmp / "data")
     lines = (root / "test.csv").read_text().splitlines()
@@ -177,6 +183,7 @@ CASES: list[Callable[[Env, Path], tuple[list[str], str]]] = [
     negative_lr,
     zero_byte_video,
     garbage_video,
+    garbage_video_through_workers,
     malformed_annotation,
     truncated_lsmdc,
     wrong_shaped_weights,
