@@ -163,6 +163,13 @@ def read_only_verify(env: Env, tmp: Path) -> tuple[list[str], str]:
     return argv, f"cannot write the manifest {env.data / 'manifest.json'}"
 
 
+def bracketed_data_root(env: Env, tmp: Path) -> tuple[list[str], str]:
+    """Square brackets in a path are printed literally (no rich markup)."""
+    root = tmp / "data[x]"
+    root.mkdir()
+    return _run_args(root, tmp / "runs"), str(root)
+
+
 def unknown_method(env: Env, tmp: Path) -> tuple[list[str], str]:
     argv = ["run", "--method", "nosuchmethod", "--data-root", str(env.data), "--runs-dir", str(tmp / "runs")]
     return argv, "nosuchmethod"
@@ -188,6 +195,7 @@ CASES: list[Callable[[Env, Path], tuple[list[str], str]]] = [
     truncated_lsmdc,
     wrong_shaped_weights,
     read_only_verify,
+    bracketed_data_root,
     unknown_method,
     seed_and_all_seeds,
 ]
