@@ -8,7 +8,7 @@ Directory layout (``DIR``)::
     ids.txt                  one video id per line, gallery order
     shard-00000.safetensors  items [0, shard_size) of every Encoded key (safetensors: memory-mappable,
                              readable by any safetensors reader); header metadata repeats the shard's
-                             number, bounds and the model fingerprint
+                             number, bounds and the model fingerprint (one sorted-JSON metadata key)
 
 Build (:func:`write_sharded_index`) writes one shard at a time (memory: one shard), each through a
 temporary file, fsync and rename, then records its sha256 in the manifest (also written atomically).
@@ -59,6 +59,7 @@ IDS_FILE = "ids.txt"
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "BOOL": torch.bool}
 _ST_DTYPES |= {"I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "F64": torch.float64}
+SHARD_META_KEY = "psbench"
 DEFAULT_READ_ROWS = 131_072  # rows per streamed block (fp16 at D=512: 128 MiB read, 256 MiB as float32)
 
 
@@ -119,6 +120,10 @@ def read_header(path: Path) -> ShardHeader:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShardedIndexError(f"shard {path}: unreadable safetensors header ({exc})") from None
     metadata = header.pop("__metadata__", {}) or {}
+    try:  # one key holding sorted JSON: safetensors writes several metadata keys in a random order
+        metadata = {k: str(v) for k, v in json.loads(metadata.get(SHARD_META_KEY, "{}")).items()}
+    except (json.JSONDecodeError, AttributeError):
+        raise ShardedIndexError(f"shard {path}: unreadable psbench metadata in its header") from None
     return ShardHeader(8 + size, header, metadata)
 
 
@@ -184,17 +189,17 @@ class ShardedIndex:
         path = self.root / entry["file"]
         if not path.is_file():
             raise ShardedIndexError(f"shard {path} is missing (listed in {self.root / MANIFEST})")
-        size = path.stat().st_size
-        if size != int(entry["bytes"]):
-            raise ShardedIndexError(
-                f"shard {path}: {size} bytes, the manifest says {entry['bytes']} (truncated or changed file)"
-            )
         header = read_header(path)
         fingerprint = header.metadata.get("model_fingerprint")
         if fingerprint != self.manifest["model_fingerprint"]:
             raise ShardedIndexError(
                 f"shard {path} was written by another model (fingerprint {fingerprint}, "
                 f"index {self.manifest['model_fingerprint']})"
+            )
+        size = path.stat().st_size
+        if size != int(entry["bytes"]):
+            raise ShardedIndexError(
+                f"shard {path}: {size} bytes, the manifest says {entry['bytes']} (truncated or changed file)"
             )
         bounds = (header.metadata.get("start"), header.metadata.get("stop"))
         if bounds != (str(entry["start"]), str(entry["stop"])):
@@ -425,9 +430,12 @@ def write_sharded_index(
             if manifest.setdefault("keys", keys) != keys:
                 raise ShardedIndexError(f"shard {shard}: keys {keys} differ from the index's {manifest['keys']}")
             path = root / shard_name(shard)
-            header_meta = {"shard": str(shard), "start": str(start), "stop": str(stop)}
-            header_meta["model_fingerprint"] = model_fingerprint
-            _atomic_write(path, lambda tmp, enc=encoded, md=header_meta: save_file(enc, tmp, metadata=md))
+            header_meta = json.dumps(
+                {"shard": shard, "start": start, "stop": stop, "model_fingerprint": model_fingerprint}, sort_keys=True
+            )
+            _atomic_write(
+                path, lambda tmp, enc=encoded, md=header_meta: save_file(enc, tmp, metadata={SHARD_META_KEY: md})
+            )
             entry = {"shard": shard, "file": path.name, "start": start, "stop": stop}
             entry |= {"bytes": path.stat().st_size, "sha256": _file_digest(path)}
             manifest["shards"].append(entry)
