@@ -74,6 +74,12 @@ def peak_rss_bytes() -> dict[str, Any]:
     return {"vmhwm_bytes": hwm, "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def machine_load() -> dict[str, Any]:
+    """Load average and this process's CPU seconds (the machine may be shared: context for the timings)."""
+    times = os.times()
+    return {"loadavg": list(os.getloadavg()), "cpu_seconds": times.user + times.system}
+
+
 def evict_page_cache(root: Path) -> None:
     """Drop the shards' clean pages from the page cache (``posix_fadvise DONTNEED``): a cold read."""
     for path in sorted(root.glob("shard-*.safetensors")):
@@ -125,15 +131,16 @@ def search(index_dir: Path, q: int, dim: int, k: int, result: Path, cold: bool =
     index = open_sharded_index(index_dir)
     if cold:
         evict_page_cache(index_dir)
-    io0 = proc_io()
+    io0, load0 = proc_io(), machine_load()
     start = time.perf_counter()
     with RichProgress(console=console) as progress:
         scores, indices = index.topk(method, text, k, progress=progress)
     seconds = time.perf_counter() - start
-    io1 = proc_io()
+    io1, load1 = proc_io(), machine_load()
     torch.save({"scores": scores, "indices": indices}, result.with_suffix(".pt"))
     io = {key: io1[key] - io0[key] for key in io1 if key in io0}
     out = {"seconds": seconds, "seconds_per_query": seconds / q, "io": io, "threads": torch.get_num_threads()}
+    out |= {"cpu_seconds": load1["cpu_seconds"] - load0["cpu_seconds"], "loadavg": [load0["loadavg"], load1["loadavg"]]}
     atomic_write_json(result, {**out, **peak_rss_bytes(), "cold": cold})
 
 
@@ -158,12 +165,15 @@ def faiss_search(index_dir: Path, q: int, dim: int, k: int, result: Path, thread
             fidx.add(np.ascontiguousarray(block["video"].float().numpy()))  # (rows, D) float32, encoded by faiss
     add_seconds = time.perf_counter() - start
     text = queries(q, dim)["text"].numpy()
+    load0 = machine_load()
     start = time.perf_counter()
     scores, ids = fidx.search(text, k)
     seconds = time.perf_counter() - start
+    load1 = machine_load()
     torch.save({"scores": torch.from_numpy(scores), "indices": torch.from_numpy(ids)}, result.with_suffix(".pt"))
     out = {"index": kind, "add_seconds": add_seconds, "seconds": seconds, "seconds_per_query": seconds / q}
     out |= {"threads": faiss.omp_get_max_threads(), "faiss_version": faiss.__version__}
+    out |= {"cpu_seconds": load1["cpu_seconds"] - load0["cpu_seconds"], "loadavg": [load0["loadavg"], load1["loadavg"]]}
     atomic_write_json(result, {**out, **peak_rss_bytes()})
 
 
@@ -302,7 +312,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"| faiss {f['index']} ({f['threads']} threads, in RAM) | {f['seconds']:.1f} | "
             f"{f['seconds_per_query'] * 1e3:.1f} ms | - | - | {f['vmhwm_bytes'] / gib:.2f} GiB |"
         )
-    lines += ["", f"- build: {r['build']['seconds']:.0f} s, peak RSS {r['build']['vmhwm_bytes'] / gib:.2f} GiB"]
+    lines += [
+        "",
+        f"- machine load during the cold search: loadavg {s['loadavg'][0][0]:.1f} -> {s['loadavg'][1][0]:.1f} "
+        f"on {os.cpu_count()} cores (shared machine); CPU seconds per query: psbench "
+        f"{s['cpu_seconds'] / c['queries'] * 1e3:.1f} ms"
+        + (f", faiss {f['cpu_seconds'] / c['queries'] * 1e3:.1f} ms" if f.get("available", True) else ""),
+        f"- build: {r['build']['seconds']:.0f} s, peak RSS {r['build']['vmhwm_bytes'] / gib:.2f} GiB",
+    ]
     lines.append(
         f"- peak RSS of the search under 4 GiB: {'yes' if r['search_peak_rss_under_4gib'] else 'NO'} "
         f"(VmHWM of a fresh process, {max(s['vmhwm_bytes'], w['vmhwm_bytes']) / gib:.2f} GiB)"
@@ -367,7 +384,14 @@ def run(
         "environment": environment("cpu"),
         "synthetic_embeddings": "random unit vectors; latency, bytes and memory do not depend on the values",
     }
-    r["build"] = _phase("build", index_dir, gallery, dim, storage, shard_size, seed, work / "build.json")
+    build_json = work / "build.json"
+    previous = json.loads(build_json.read_text()) if build_json.is_file() else None
+    r["build"] = _phase("build", index_dir, gallery, dim, storage, shard_size, seed, work / "build_check.json")
+    build_keys = {key: r["config"][key] for key in ("gallery", "dim", "storage", "shard_size", "seed", "index_dir")}
+    if previous is not None and previous.get("config") == build_keys:  # already built by an earlier invocation
+        r["build_check"], r["build"] = r["build"], previous | {"measured_in_an_earlier_invocation": True}
+    else:
+        atomic_write_json(build_json, r["build"] | {"config": build_keys})
     r["search_cold"] = _phase(
         "search", index_dir, queries_n, dim, k, "--cold", f"--threads={threads}", work / "s1.json"
     )
@@ -377,7 +401,9 @@ def run(
     r["search_peak_rss_under_4gib"] = max(r["search_cold"]["vmhwm_bytes"], r["search_warm"]["vmhwm_bytes"]) < 4 * 2**30
     ours = torch.load(work / "s1.pt", weights_only=True)
     again = torch.load(work / "s2.pt", weights_only=True)
-    r["cold_equals_warm"] = bool(torch.equal(ours["indices"], again["indices"]))
+    r["cold_equals_warm"] = bool(
+        torch.equal(ours["indices"], again["indices"]) and torch.equal(ours["scores"], again["scores"])
+    )
     index = open_sharded_index(index_dir)
     text = queries(queries_n, dim)
     r["faiss"] = {"available": False}
