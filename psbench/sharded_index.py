@@ -538,8 +538,8 @@ def distributed_topk(
     try:
         if mine:
             local["topk"] = index.topk(method, text, k, mine, read_rows, prefilter, progress)
-    except ShardedIndexError as exc:
-        local["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - every rank must reach the gather, or the others wait forever
+        local["error"] = str(exc) if isinstance(exc, ShardedIndexError) else f"rank {distributed.rank()}: {exc!r}"
     parts: list[Any] = [None] * distributed.world_size()
     dist.all_gather_object(parts, local)
     for part in parts:
