@@ -28,6 +28,7 @@ from psbench.checkpoint import CheckpointFormatError, UntrustedCheckpointError, 
 from psbench.method import Encoded, RetrievalMethod
 from psbench.progress import Progress, SilentProgress
 from psbench.runs import atomic_torch_save
+from psbench.sharded_index import ShardedIndex, distributed_topk, write_sharded_index
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +138,14 @@ def directory_split(directory: Path) -> Any:
     return RetrievalSplit(directory.name or str(directory), ids, [], dict(zip(ids, files, strict=True)))
 
 
-def build_index(
-    run_dir: Path,
-    videos: str,
-    data_root: Path | None = None,
-    device: str = "cpu",
-    progress: Progress | None = None,
-    trust_checkpoint: bool = False,
-) -> VideoIndex:
-    """Encode a gallery with a run's model: ``videos`` is a directory of video files or a split name
-    of the run's dataset (e.g. ``test``), read under ``data_root`` (default: the run's).
-    ``trust_checkpoint`` follows the rule of :func:`load_run_method`."""
+def _gallery(
+    run_dir: Path, videos: str, data_root: Path | None, device: str, trust_checkpoint: bool
+) -> tuple[RetrievalMethod, Any, Any, Any, dict[str, Any]]:
+    """The run's method (on ``device``), config, split, gallery dataset and the index provenance."""
     from psbench.data.datasets import load_split
-    from psbench.data.loader import GalleryDataset, make_gallery_loader
+    from psbench.data.loader import GalleryDataset
     from psbench.evaluate import frame_spec
 
-    progress = progress or SilentProgress()
     method, cfg, run = load_run_method(run_dir, trust_checkpoint)
     method.to(torch.device(device))
     if Path(videos).is_dir():
@@ -164,9 +157,6 @@ def build_index(
     dataset = GalleryDataset(
         split, frame_spec(test.frames, test.sampler, test.segments, method), test.transform, test.resolution
     )
-    loader = make_gallery_loader(dataset, test.batch_size, test.num_workers)
-    with progress.task(f"encode {len(split.video_ids)} videos", len(split.video_ids)) as task:
-        encoded = engine.encode_gallery(method, loader, device, progress=task.advance)
     meta = {
         "run_dir": str(Path(run_dir).resolve()),
         "checkpoint": str(run.selected_checkpoint) if run.selected_checkpoint else None,
@@ -179,11 +169,69 @@ def build_index(
         "source": source,
         "created": datetime.now(UTC).isoformat(),
     }
+    return method, cfg, split, dataset, meta
+
+
+def build_index(
+    run_dir: Path,
+    videos: str,
+    data_root: Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    trust_checkpoint: bool = False,
+) -> VideoIndex:
+    """Encode a gallery with a run's model: ``videos`` is a directory of video files or a split name
+    of the run's dataset (e.g. ``test``), read under ``data_root`` (default: the run's).
+    ``trust_checkpoint`` follows the rule of :func:`load_run_method`."""
+    from psbench.data.loader import make_gallery_loader
+
+    progress = progress or SilentProgress()
+    method, cfg, split, dataset, meta = _gallery(run_dir, videos, data_root, device, trust_checkpoint)
+    loader = make_gallery_loader(dataset, cfg.test.batch_size, cfg.test.num_workers)
+    with progress.task(f"encode {len(split.video_ids)} videos", len(split.video_ids)) as task:
+        encoded = engine.encode_gallery(method, loader, device, progress=task.advance)
     return VideoIndex(cfg.method, list(split.video_ids), encoded, meta)
 
 
+def build_sharded_index(
+    run_dir: Path,
+    videos: str,
+    out: Path,
+    storage: str = "fp32",
+    shard_size: int = 100_000,
+    data_root: Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    trust_checkpoint: bool = False,
+) -> ShardedIndex:
+    """:func:`build_index` written as a sharded index directory ``out`` (see ``psbench.sharded_index``):
+    one shard of ``shard_size`` videos encoded and written at a time (bounded memory); a rerun after a
+    crash keeps the finished shards (checked by sha256) and continues."""
+    from psbench.data.loader import make_gallery_loader
+    from psbench.distributed import _Shifted
+
+    method, cfg, split, dataset, meta = _gallery(run_dir, videos, data_root, device, trust_checkpoint)
+
+    def encode_shard(start: int, stop: int) -> Encoded:
+        subset = torch.utils.data.Subset(dataset, range(start, stop))
+        loader = _Shifted(make_gallery_loader(subset, cfg.test.batch_size, cfg.test.num_workers), start)
+        return engine.encode_gallery(method, loader, device)
+
+    return write_sharded_index(
+        out,
+        cfg.method,
+        list(split.video_ids),
+        encode_shard,
+        meta["model_fingerprint"],
+        storage,
+        shard_size,
+        meta,
+        progress,
+    )
+
+
 # -- searching ----------------------------------------------------------------------------------------
-def check_compatible(index: VideoIndex, method: RetrievalMethod, method_name: str | None = None) -> None:
+def check_compatible(index: VideoIndex | ShardedIndex, method: RetrievalMethod, method_name: str | None = None) -> None:
     """Refuse a method other than the one (same name, same weights) that built the index."""
     if method_name is not None and method_name != index.method:
         raise VideoIndexError(f"index was built with method {index.method!r}, not {method_name!r}")
@@ -217,4 +265,33 @@ def search(
     text = engine.encode_queries(method, tokens, batch_size=256, device=device)
     scores, indices = engine.topk(method, text, index.encoded, k, block_queries, block_videos, device)
     ids = [[index.video_ids[i] for i in row] for row in indices.tolist()]
+    return SearchResult(ids, scores, indices)
+
+
+def search_sharded(
+    index: ShardedIndex,
+    method: RetrievalMethod,
+    queries: Sequence[str] | Tensor,
+    k: int,
+    device: str = "cpu",
+    max_words: int | None = None,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """:func:`search` over a sharded index: the shards are streamed (bounded memory) and, under torchrun,
+    split across the ranks; the result is the same exact top-k as the in-memory search."""
+    from psbench.backbone import tokenizer_for
+
+    if isinstance(queries, Tensor):
+        tokens = queries
+    else:
+        if not queries:
+            raise ValueError("search: no queries")
+        words = max_words or int(index.meta.get("max_words", 32))
+        tokens = tokenizer_for(method.clip, words)(list(queries))  # (Q, L)
+    text = engine.encode_queries(method, tokens, batch_size=256, device=device)
+    method.to("cpu")  # shard blocks are scored on the CPU, where they are read
+    scores, indices = distributed_topk(index, method, text, k, progress=progress)
+    names = index.video_ids(indices.flatten().tolist())
+    width = indices.shape[1]
+    ids = [names[r * width : (r + 1) * width] for r in range(indices.shape[0])]
     return SearchResult(ids, scores, indices)

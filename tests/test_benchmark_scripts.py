@@ -103,3 +103,22 @@ def test_fp32_peak_includes_a_faster_bare_gemm(monkeypatch: pytest.MonkeyPatch) 
     assert max(shares) == 1.0
     # a square product faster than every same-shape figure stays the peak
     assert mp.fp32_reference_peak(square, {"bare GEMM (Q,D)@(D,N)": 100.0})["source"].startswith("square 64^3")
+
+
+def test_index_10m_runs_at_toy_size(tmp_path: Path) -> None:
+    """The 10M-video benchmark end to end at toy size: sharded search = faiss = in-memory, X-Pool marked."""
+    out = tmp_path / "index.json"
+    args = ["--gallery", "5000", "--dim", "16", "--queries", "20", "--shard-size", "700", "--subset", "2100"]
+    args += ["--index-dir", str(tmp_path / "index"), "--xpool-arch", "psbench-tiny", "--xpool-frames", "2"]
+    run_script("benchmarks/index_10m.py", "run", *args, "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["build"]["shards"] == 8 and result["search_peak_rss_under_4gib"] and result["cold_equals_warm"]
+    assert result["subset_vs_in_memory"] == {"videos": 2100, "ids_equal": True, "scores_equal": True, "storage": "fp16"}
+    assert result["search_cold"]["io"]["rchar"] >= result["build"]["bytes"]  # every shard byte was read
+    if result["faiss"]["available"]:
+        assert result["vs_faiss"]["queries"] == 20
+    xpool = result["xpool"]
+    assert (
+        xpool["status"] == "extrapolated" and xpool["index_bytes_per_video"] == 3 * 2 * 64 * 2 + 2
+    )  # frames, keys, values (F=2, D=64, fp16) + mask
+    assert out.with_suffix(".md").read_text().startswith("# Exact top-10")
