@@ -229,3 +229,16 @@ def test_cli_torchrun_two_processes_print_the_one_process_result(built: dict[str
     two = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert "synth" in one.stdout and two.stdout == one.stdout
+
+
+@pytest.mark.parametrize("kind", ["pt", "fp32"])
+def test_k_beyond_the_gallery_is_said_and_k_below_one_is_an_error(built: dict[str, Path], kind: str) -> None:
+    """Both ends of -k are explicit (issue 12 item 16): more than the gallery is a note, < 1 an error."""
+    index = built[kind]
+    args = ["index", "search", "--index", str(index), "-q", QUERIES[0]]
+    big = CliRunner().invoke(app, [*args, "-k", "1000"], terminal_width=400)
+    assert big.exit_code == 0, big.output
+    assert "-k 1000 is more than the 8 videos" in big.output
+    assert "│    8 │" in big.output and "│    9 │" not in big.output  # all 8 ranks shown, no more
+    zero = CliRunner().invoke(app, [*args, "-k", "0"], terminal_width=400)
+    assert zero.exit_code == 2 and "error: -k 0: must be >= 1" in zero.output, zero.output
