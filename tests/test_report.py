@@ -272,3 +272,20 @@ def test_pdf_tables_fit_the_page_and_split_over_pages(tmp_path: Path):
     assert layout.total() <= BODY_W and layout.widths[0] < len(long_name)  # the long name column wraps
     pages = render_pdf(Document("t", [table]), tmp_path / "t.pdf")
     assert pages >= 3
+
+
+def test_xpool_ratio_table_has_a_column_per_cell() -> None:
+    """Both X-Pool forms (and a result from before the folded form): every row fills every column."""
+    from psbench.report.efficiency import ratio_table
+
+    row = {"gallery": 1000, "promptswitch_s_per_query": 1e-5, "status": "measured"}
+    ref = [{**row, "xpool_s_per_query": 2e-3, "ratio": 200.0}]
+    folded = [{**row, "xpool-folded_s_per_query": 1e-4, "ratio": 10.0}]
+    config = {"arch": "ViT-B-32", "device": "cpu", "dtype": "fp32", "frames": 12, "queries": 1000, "k": 10}
+    for data in (
+        {"xpool_vs_promptswitch": ref},
+        {"xpool_vs_promptswitch": ref, "xpool_folded_vs_promptswitch": folded},
+    ):
+        table = ratio_table({**data, "config": config, "environment": {}})
+        assert table is not None and all(len(r.cells) == len(table.columns) for r in table.rows), table.columns
+    assert ratio_table({"config": config, "environment": {}}) is None

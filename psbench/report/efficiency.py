@@ -166,6 +166,7 @@ def ratio_table(data: dict[str, Any]) -> Table | None:
     columns = ["gallery N", "promptswitch / query"]
     for form in forms:
         columns += [f"{form} / query", f"{form} ratio"]
+    columns.append("status")
     notes = (
         [data["xpool_forms"]]
         if data.get("xpool_forms")
