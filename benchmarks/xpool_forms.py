@@ -13,7 +13,6 @@ the fold stops paying off as frames grow.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,29 +25,20 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baselines.xpool import XPool  # noqa: E402
+from benchmarks.xpool_similarity import RandomClipStub as ClipStub  # noqa: E402
 from psbench import atomic  # noqa: E402
 from psbench.matmul_peak import fp32_matmul_peak, fp32_reference_peak  # noqa: E402
 from psbench.runs import environment  # noqa: E402
 
 
-class _ClipStub(torch.nn.Module):
-    """Just enough of a CLIP model for ``XPool``: the embedding width and a logit scale."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.visual = torch.nn.Module()
-        self.visual.output_dim = dim
-        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
-
-
 def build_forms(dim: int, heads: int, seed: int) -> dict[str, XPool]:
     """The reference and the folded form with the same random (non-identity) weights, eval mode."""
     torch.manual_seed(seed)
-    reference = XPool(_ClipStub(dim), num_heads=heads).eval()
+    reference = XPool(ClipStub(dim), num_heads=heads).eval()
     with torch.no_grad():
         for p in reference.pool_head.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    folded = XPool(_ClipStub(dim), num_heads=heads, fold_norms=True).eval()
+    folded = XPool(ClipStub(dim), num_heads=heads, fold_norms=True).eval()
     folded.load_state_dict(reference.state_dict())
     return {"reference": reference, "folded": folded}
 

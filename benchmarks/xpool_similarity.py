@@ -55,7 +55,7 @@ def matmul_gflops(size: int, repeats: int) -> tuple[float, str]:
     return peak["gflops"], peak["backend"]
 
 
-class _RandomClipStub(torch.nn.Module):
+class RandomClipStub(torch.nn.Module):
     """Just enough of a CLIP model for ``XPool``: the embedding width and a logit scale."""
 
     def __init__(self, dim: int) -> None:
@@ -153,7 +153,7 @@ def main() -> None:
     options = {"num_heads": args.heads, "fold_out_proj": not args.no_fold, "fold_norms": args.fold_norms}
     if args.pairs_per_block is not None:
         options["pairs_per_block"] = args.pairs_per_block
-    method = XPool(_RandomClipStub(args.dim), **options).eval()
+    method = XPool(RandomClipStub(args.dim), **options).eval()
     with torch.no_grad():  # move away from the identity init so no step is trivially cheap
         for p in method.pool_head.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -240,6 +240,17 @@ def check_compatible(index: VideoIndex | ShardedIndex, method: RetrievalMethod, 
         raise VideoIndexError("the model's weights differ from the ones that built this index (fingerprint mismatch)")
 
 
+def query_tokens(method: RetrievalMethod, queries: Sequence[str] | Tensor, max_words: int) -> Tensor:
+    """Query texts tokenised with the model's tokenizer (``max_words`` words); a (Q, L) tensor is taken as tokens."""
+    from psbench.backbone import tokenizer_for
+
+    if isinstance(queries, Tensor):
+        return queries
+    if not queries:
+        raise ValueError("search: no queries")
+    return tokenizer_for(method.clip, max_words)(list(queries))  # (Q, L)
+
+
 def search(
     index: VideoIndex,
     method: RetrievalMethod,
@@ -252,15 +263,7 @@ def search(
 ) -> SearchResult:
     """Top-k videos per query through ``engine.topk``: texts are tokenised with the model's tokenizer
     (``max_words`` from the index unless given); a (Q, L) tensor is taken as tokens."""
-    from psbench.backbone import tokenizer_for
-
-    if isinstance(queries, Tensor):
-        tokens = queries
-    else:
-        if not queries:
-            raise ValueError("search: no queries")
-        words = max_words or int(index.meta.get("max_words", 32))
-        tokens = tokenizer_for(method.clip, words)(list(queries))  # (Q, L)
+    tokens = query_tokens(method, queries, max_words or int(index.meta.get("max_words", 32)))  # (Q, L)
     k = min(k, len(index))
     text = engine.encode_queries(method, tokens, batch_size=256, device=device)
     scores, indices = engine.topk(method, text, index.encoded, k, block_queries, block_videos, device)
@@ -279,15 +282,7 @@ def search_sharded(
 ) -> SearchResult:
     """:func:`search` over a sharded index: the shards are streamed (bounded memory) and, under torchrun,
     split across the ranks; the result is the same exact top-k as the in-memory search."""
-    from psbench.backbone import tokenizer_for
-
-    if isinstance(queries, Tensor):
-        tokens = queries
-    else:
-        if not queries:
-            raise ValueError("search: no queries")
-        words = max_words or int(index.meta.get("max_words", 32))
-        tokens = tokenizer_for(method.clip, words)(list(queries))  # (Q, L)
+    tokens = query_tokens(method, queries, max_words or int(index.meta.get("max_words", 32)))  # (Q, L)
     text = engine.encode_queries(method, tokens, batch_size=256, device=device)
     method.to("cpu")  # shard blocks are scored on the CPU, where they are read
     scores, indices = distributed_topk(index, method, text, k, progress=progress)

@@ -63,6 +63,22 @@ TINY_SETS = {
 }
 
 
+def read_only_folder(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` behave as on a read-only file system: creating a temporary file there (what every
+    psbench writer does first) fails with EROFS. chmod does not stop root, which runs CI here."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny shapes: one thread avoids OpenMP spin contention on a shared machine (restored after)."""

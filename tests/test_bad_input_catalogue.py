@@ -6,12 +6,10 @@ traceback, and leave every finished run directory byte for byte as it was.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typer.testing import CliRunner
 from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
 from psbench.runner import run
-from tests.conftest import SHARED_ANNOTATIONS, TINY_SETS
+from tests.conftest import SHARED_ANNOTATIONS, TINY_SETS, read_only_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -209,25 +207,13 @@ def _tree_hash(folder: Path) -> dict[str, str]:
     }
 
 
-def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """``folder`` behaves as on a read-only file system (chmod does not stop root, which runs CI here)."""
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, **kwargs):
-        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
-            raise OSError(errno.EROFS, "Read-only file system", str(folder))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
 def test_bad_input_is_one_error_line_exit_2(
     case: Callable[[Env, Path], tuple[list[str], str]], env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv, named = case(env, tmp_path)
     if case is read_only_verify:
-        _read_only(monkeypatch, env.data)
+        read_only_folder(monkeypatch, env.data)
     monkeypatch.chdir(tmp_path)  # nothing lands in the checkout
     before = _tree_hash(env.runs)
     result = CliRunner().invoke(app, argv, terminal_width=400)

@@ -19,6 +19,7 @@ from psbench.data.verify import IncompleteDatasetError, missing_videos, require_
 from psbench.data.video import VideoDecodeError, decode_frames, probe_video
 from psbench.data.video_writer import write_video
 from psbench.protocol import PROTOCOL_DIR
+from tests.conftest import read_only_folder
 
 
 def level_frames(n: int, h: int = 16, w: int = 16) -> np.ndarray:
@@ -190,20 +191,6 @@ def test_cli_compress(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
-def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """Make ``folder`` behave as on a read-only file system (chmod does not stop root, which runs CI here)."""
-    import tempfile
-
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, **kwargs):
-        if Path(kwargs.get("dir") or ".").resolve() == folder.resolve():
-            raise OSError(errno.EROFS, "Read-only file system", str(folder))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-
-
 def _msvd_root(tmp_path: Path) -> tuple[Path, list[str]]:
     root = tmp_path / "ro"
     root.mkdir()
@@ -222,7 +209,7 @@ def test_verify_on_read_only_root_fails_before_decoding_or_uses_manifest_path(
     import psbench.data.verify as verify_module
 
     root, args = _msvd_root(tmp_path)
-    _read_only(monkeypatch, root)
+    read_only_folder(monkeypatch, root)
     decoded: list[str] = []
     real_check = verify_module.check_video
     monkeypatch.setattr(verify_module, "check_video", lambda p: decoded.append(p) or real_check(p))
