@@ -10,7 +10,7 @@ DATA ?= data/synthetic
 RUNS ?= runs/synthetic
 REPORT ?= reports/synthetic
 
-.PHONY: install test test-kernels demo lint
+.PHONY: install test test-fast test-kernels demo lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 test: install
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# The inner loop: everything but the tests marked slow (process-spawning, end-to-end) and gpu
+test-fast: install
+	@$(PY) -m pytest -q -m "not slow and not gpu"
 
 # The numerics-sensitive tests again under other kernel selections of this same CPU, so that one
 # developer's CPU is never the only one tested: torch's elementwise kernels (default, AVX2) and
@@ -37,8 +41,9 @@ test-kernels: install
 		env $$sel $(PY) -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) || exit 1; \
 	done
 
+# ruff, then the layers contract of pyproject.toml ([tool.importlinter]): no module imports a layer above its own
 lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 demo: install
 	$(PSBENCH) data synth --out $(DATA)

@@ -1,3 +1,1 @@
-"""Re-implemented baselines. Importing this package registers them in ``psbench.method.METHODS``."""
-
-from baselines import meanpool, tokenshift, videoproxy, xpool  # noqa: F401
+"""Re-implemented baselines, one file each; ``psbench.catalog`` names them (importing this package imports none)."""

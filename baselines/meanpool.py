@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from psbench.backbone import frame_features
-from psbench.method import METHODS, Encoded, RetrievalMethod, masked_mean_of_normalized
+from psbench.backbone.clip import frame_features
+from psbench.backbone.flops import frame_passes_flops
+from psbench.method import Encoded, RetrievalMethod, masked_mean_of_normalized
 
 
-@METHODS.register("meanpool")
 class MeanPool(RetrievalMethod):
     """CLIP4Clip with parameter-free mean pooling."""
 
@@ -25,3 +25,7 @@ class MeanPool(RetrievalMethod):
         feats = frame_features(self.clip.visual, frames.flatten(0, 1))  # (N*F, D)
         feats = feats.view(n, f, -1)  # (N, F, D)
         return {"video": masked_mean_of_normalized(feats, mask)}  # (N, D)
+
+    def offline_flops_per_video(self, frames: int) -> int:
+        """F independent CLIP frame passes (the mean is element-wise)."""
+        return frame_passes_flops(self.clip.visual, frames)

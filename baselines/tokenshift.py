@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from psbench.backbone import blocks, embed_frames, head
-from psbench.method import METHODS, Encoded, RetrievalMethod, masked_mean_of_normalized
+from psbench.backbone.clip import blocks, embed_frames, head
+from psbench.backbone.flops import frame_passes_flops
+from psbench.method import Encoded, RetrievalMethod, masked_mean_of_normalized
 
 #: offset of the first backward-shifted token relative to the first forward one (released value)
 BACKWARD_OFFSET = 3
@@ -60,7 +61,6 @@ def shifted_block_forward(block: nn.Module, x: Tensor, num_frames: int, n_div: i
     return x + block.ls_2(block.mlp(block.ln_2(x)))  # (V*F, T, W)
 
 
-@METHODS.register("tokenshift")
 class TokenShift(RetrievalMethod):
     """CLIP with whole-token temporal shift in the last vision blocks, then mean pooling.
 
@@ -91,6 +91,10 @@ class TokenShift(RetrievalMethod):
 
     def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
         return {"video": masked_mean_of_normalized(self.frame_features(frames), mask)}  # (N, D)
+
+    def offline_flops_per_video(self, frames: int) -> int:
+        """F CLIP frame passes: the shift moves tokens and costs no FLOPs."""
+        return frame_passes_flops(self.clip.visual, frames)
 
     def extra_state(self) -> dict[str, object]:
         return {"shift_layers": list(self.shift_layers), "n_div": self.n_div, "padded_frames_shifted": True}

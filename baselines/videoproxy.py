@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psbench.backbone import blocks, head
-from psbench.method import METHODS, Encoded, RetrievalMethod, l2_normalize
+from psbench.backbone.clip import blocks, head
+from psbench.backbone.flops import MAC_TO_FLOP, ViTShape, block_macs
+from psbench.method import Encoded, RetrievalMethod, l2_normalize
 
 VIP_LOGIT_SCALE_MAX = math.log(200.0)
 VIP_LOGIT_SCALE_INIT = 4.60
@@ -56,7 +57,6 @@ def masked_block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tens
     return x + block.ls_2(block.mlp(block.ln_2(x)))  # (V, L, W)
 
 
-@METHODS.register("videoproxy")
 class VideoProxy(RetrievalMethod):
     """CLIP-ViP's video proxy tokens with proxy-guided attention in every vision block.
 
@@ -113,6 +113,15 @@ class VideoProxy(RetrievalMethod):
         for block in blocks(visual):
             x = masked_block_forward(block, x, attn_mask)  # (N, L, W)
         return {"video": l2_normalize(head(visual, x[:, 0]))}  # (N, D)
+
+    def offline_flops_per_video(self, frames: int) -> int:
+        """One sequence of M proxies + F*P patches through every block, dense masked attention."""
+        shape = ViTShape.from_visual(self.clip.visual)
+        seq = self.num_proxies + frames * shape.patches
+        patch = frames * shape.patches * shape.width * shape.in_channels * shape.patch_size**2
+        layers = shape.layers * sum(block_macs(seq, shape.width, shape.mlp_width).values())
+        proj = shape.width * shape.output_dim if shape.projection else 0
+        return MAC_TO_FLOP * (patch + layers + proj)
 
     def clamp_logit_scale(self) -> None:
         if not self.clamp_logit_scale_to_ln200:

@@ -32,9 +32,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from psbench import cpu_linear
-from psbench.backbone import frame_features
-from psbench.method import METHODS, Encoded, RetrievalMethod, l2_normalize
+from psbench.backbone.clip import frame_features
+from psbench.backbone.flops import MAC_TO_FLOP, frame_passes_flops
+from psbench.method import Encoded, RetrievalMethod, l2_normalize
+from psbench.ops import linear as cpu_linear
 
 NORM_EPS = 1e-6  # same eps as psbench.method.l2_normalize
 #: the folded path's block: at most 256 queries x (16 * pairs_per_block / 256) videos, so that the
@@ -214,7 +215,6 @@ def cosine_with(text_unit: Tensor, pooled: Tensor) -> Tensor:
     return dots / torch.linalg.vector_norm(pooled, dim=-1).clamp_min(NORM_EPS)
 
 
-@METHODS.register("xpool")
 class XPool(RetrievalMethod):
     """CLIP frame embeddings + X-Pool's text-conditioned pooling, scored per (text, video) pair.
 
@@ -225,8 +225,6 @@ class XPool(RetrievalMethod):
     ``fold_norms`` (off by default; eval mode only: also fold LN2, W_l, the residual and LN3 through
     per-video Gram matrices, see ``XPoolHead.norm_fold_cache``; exact, O(FD + F^2) per pair).
     """
-
-    offline_embedding = False
 
     def __init__(
         self,
@@ -336,9 +334,9 @@ class XPool(RetrievalMethod):
         proj = 2 * d * d * (1 if self.fold_out_proj else 2)  # W_l (+ W_o when not folded)
         return proj + logits + weighted_sum
 
-    def online_flops_per_pair(self, num_frames: int) -> int:
+    def online_flops_per_pair(self, num_frames: int, dim: int | None = None) -> float:
         """FLOPs of the per-pair work done by ``similarity`` in eval mode (multiply-add = 2): the one
-        formula every FLOP figure of X-Pool uses (``psbench.flops`` calls it).
+        formula every FLOP figure of X-Pool uses; ``dim`` is ignored (the head's own width applies).
 
         :meth:`online_matmul_flops_per_pair` plus the element-wise work, approximate: 25 D for LN2,
         residual, LN3 and the cosine; with ``fold_norms`` 8K for the products with alpha summed over K
@@ -351,7 +349,22 @@ class XPool(RetrievalMethod):
             elementwise = 8 * k + 36
         else:
             elementwise = 25 * d
-        return self.online_matmul_flops_per_pair(num_frames) + elementwise
+        return float(self.online_matmul_flops_per_pair(num_frames) + elementwise)
+
+    def offline_flops_per_video(self, frames: int) -> int:
+        """F frame passes + cached k, v projections (+ W_o folded into the values); with ``fold_norms``
+        (eval mode) also ``norm_fold_cache``: K rows through (I + W_l) diag(gamma2) (K D^2), the three
+        K x K Gram matrices (3 K^2 D) and the three vectors (3 K D), K = H*F + 1."""
+        dim = self.pool_head.dim
+        extra = frames * dim * dim * (3 if self.fold_out_proj else 2)
+        if self.uses_norm_fold():
+            k = self.pool_head.num_heads * frames + 1
+            extra += k * dim * dim + 3 * k * k * dim + 3 * k * dim
+        return frame_passes_flops(self.clip.visual, frames) + MAC_TO_FLOP * extra
+
+    def text_flops_per_query(self) -> int:
+        """The text tower + the query projection of the pooling head (D^2 MACs)."""
+        return super().text_flops_per_query() + MAC_TO_FLOP * self.pool_head.dim * self.pool_head.dim
 
     def extra_state(self) -> dict[str, object]:
         head = self.pool_head
@@ -362,15 +375,3 @@ class XPool(RetrievalMethod):
             "fold_out_proj": self.fold_out_proj,
             "fold_norms": self.fold_norms,
         }
-
-
-@METHODS.register("xpool-folded")
-class XPoolFolded(XPool):
-    """X-Pool in its cheapest exact inference form: ``fold_norms`` on (the same parameters and, in eval
-    mode, the same scores to float rounding as ``xpool``; training with dropout takes the reference path).
-
-    A plain registered factory so that ``psbench efficiency`` times both forms side by side.
-    """
-
-    def __init__(self, clip: nn.Module, num_heads: int = 1, dropout: float = 0.3, pairs_per_block: int = 2048) -> None:
-        super().__init__(clip, num_heads, dropout, pairs_per_block, fold_out_proj=True, fold_norms=True)

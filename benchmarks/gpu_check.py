@@ -28,7 +28,7 @@ measurements once ``--budget-s`` (default 420 s) has passed; skipped points are 
 
 What must travel to the GPU machine (device tool README): the working tree (this script, psbench,
 baselines, tests) travels by itself; its image has torch, numpy, rich and pytest but no open_clip,
-which ``baselines.xpool`` imports (through ``psbench.backbone``). For section b carry pure-Python
+which ``baselines.xpool`` imports (through ``psbench.backbone.clip``). For section b carry pure-Python
 wheels in an ignored folder ``.whl`` (``pip download --no-deps -d .whl open_clip_torch==3.3.0
 ftfy==6.3.1 wcwidth==0.9.4``; the rest of open_clip's needs are in the image) and name ``.whl`` in
 ``carry``; ``gpu_check.sh`` installs them to /tmp/site. Without them section b reads "not measured:
@@ -58,9 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from psbench import engine  # noqa: E402
 from psbench.method import Encoded, RetrievalMethod  # noqa: E402
-from psbench.sortkeys import sort_keys, topk_keys, unpack_keys  # noqa: E402
+from psbench.ops.sortkeys import sort_keys, topk_keys, unpack_keys  # noqa: E402
+from psbench.retrieval import engine  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -175,10 +175,9 @@ class InnerProduct(RetrievalMethod):
 def methods_with_default_similarity() -> list[str] | str:
     """Registered methods whose similarity this section times, or why they could not be listed."""
     try:
-        from psbench.efficiency import default_methods
-        from psbench.method import METHODS
+        from psbench.catalog import efficiency_methods, method_class
 
-        return [n for n in default_methods() if METHODS.get(n).similarity is RetrievalMethod.similarity]
+        return [n for n in efficiency_methods() if method_class(n).is_inner_product()]
     except ImportError as err:  # open_clip missing on the device image
         return f"not listed: {err}"
 
@@ -290,7 +289,7 @@ def xpool_forms(dim: int, pairs_per_block: int) -> tuple[dict[str, Any], str | N
     Both forms are built from the same seed, so their weights (and the scores) should agree.
     """
     from baselines.xpool import XPool
-    from psbench.method import METHODS
+    from psbench.catalog import METHOD_TABLE
 
     def build(factory: Callable[..., Any], **options: Any) -> Any:
         torch.manual_seed(0)
@@ -300,8 +299,9 @@ def xpool_forms(dim: int, pairs_per_block: int) -> tuple[dict[str, Any], str | N
     missing: dict[str, str] = {}
     built_as = None
     try:
-        if "xpool-folded" in METHODS.names():
-            forms["folded"], built_as = build(METHODS.get("xpool-folded")), "registered method xpool-folded"
+        if "xpool-folded" in METHOD_TABLE:
+            fixed = dict(METHOD_TABLE["xpool-folded"].fixed)
+            forms["folded"], built_as = build(XPool, **fixed), "catalogued method xpool-folded"
         else:
             forms["folded"], built_as = build(XPool, fold_norms=True), "XPool(fold_norms=True), no xpool-folded"
     except TypeError as err:

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 import psbench.promptswitch  # noqa: F401 - registers the method
-from psbench.backbone import Tokenizer, create_clip, tokenizer_for
-from psbench.method import Batch, create_method
+from psbench.backbone.clip import Tokenizer, create_clip, tokenizer_for
+from psbench.catalog import create_method
+from psbench.files import atomic
+from psbench.method import Batch
 from psbench.protocol import TrainConfig
-from psbench.runs import atomic_write_json
-from psbench.train import build_optimizer
+from psbench.train.loop import build_optimizer
 
 log = logging.getLogger("gpu_train_promptswitch")
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO)
     args = parse_args(argv)
     result = benchmark(args)
-    atomic_write_json(args.out, result)
+    atomic.write_json(args.out, result)
     log.info("%s", json.dumps({k: result[k] for k in ("clips_per_second", "peak_memory_gib", "median_step_ms")}))
 
 

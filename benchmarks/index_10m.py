@@ -2,7 +2,7 @@
 
 One run, each measured step in a fresh subprocess (so its peak RSS, ``VmHWM``, is its own):
 
-1. ``build``: ``psbench.sharded_index.write_sharded_index`` writes the gallery (random unit vectors,
+1. ``build``: ``psbench.retrieval.sharded_index.write_sharded_index`` writes the gallery (random unit vectors,
    ``--storage`` fp16 by default: 1 KiB per video, ~10 GB at 10M) in shards, memory bounded by one shard;
    rerunning continues an interrupted build.
 2. ``search``: ``ShardedIndex.topk``, the function ``psbench index search DIR`` calls after encoding the
@@ -41,13 +41,13 @@ import torch
 import typer
 from rich.console import Console
 
-import baselines  # noqa: F401 - registers meanpool and xpool
-from psbench import engine
-from psbench.backbone import create_clip
-from psbench.method import create_method
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
+from psbench.files import atomic
 from psbench.progress import RichProgress
-from psbench.runs import atomic_write_json, atomic_write_text, environment
-from psbench.sharded_index import STORAGE_DTYPES, open_sharded_index, random_shard_source, write_sharded_index
+from psbench.retrieval import engine
+from psbench.retrieval.sharded_index import STORAGE_DTYPES, open_sharded_index, random_shard_source, write_sharded_index
+from psbench.runs.dirs import environment
 
 console = Console(stderr=True)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -119,7 +119,7 @@ def build(index_dir: Path, gallery: int, dim: int, storage: str, shard_size: int
             progress,
         )
     out = {"seconds": time.perf_counter() - start, "bytes": index.nbytes(), "shards": len(index.shards)}
-    atomic_write_json(result, {**out, **peak_rss_bytes(), "io": proc_io()})
+    atomic.write_json(result, {**out, **peak_rss_bytes(), "io": proc_io()})
 
 
 @app.command("search")
@@ -141,7 +141,7 @@ def search(index_dir: Path, q: int, dim: int, k: int, result: Path, cold: bool =
     io = {key: io1[key] - io0[key] for key in io1 if key in io0}
     out = {"seconds": seconds, "seconds_per_query": seconds / q, "io": io, "threads": torch.get_num_threads()}
     out |= {"cpu_seconds": load1["cpu_seconds"] - load0["cpu_seconds"], "loadavg": [load0["loadavg"], load1["loadavg"]]}
-    atomic_write_json(result, {**out, **peak_rss_bytes(), "cold": cold})
+    atomic.write_json(result, {**out, **peak_rss_bytes(), "cold": cold})
 
 
 @app.command("faiss")
@@ -174,7 +174,7 @@ def faiss_search(index_dir: Path, q: int, dim: int, k: int, result: Path, thread
     out = {"index": kind, "add_seconds": add_seconds, "seconds": seconds, "seconds_per_query": seconds / q}
     out |= {"threads": faiss.omp_get_max_threads(), "faiss_version": faiss.__version__}
     out |= {"cpu_seconds": load1["cpu_seconds"] - load0["cpu_seconds"], "loadavg": [load0["loadavg"], load1["loadavg"]]}
-    atomic_write_json(result, {**out, **peak_rss_bytes()})
+    atomic.write_json(result, {**out, **peak_rss_bytes()})
 
 
 def _available_memory() -> int:
@@ -257,7 +257,7 @@ def subset_check(index: Any, text: dict, k: int, subset: int, storage: str) -> d
 
 def xpool_extrapolation(arch: str, frames: int, storage: str, gallery: int, q: int, k: int) -> dict[str, Any]:
     """X-Pool's index bytes per video from its real cached tensors, and its latency extrapolated linearly."""
-    from psbench.efficiency import SyntheticEncoded, bytes_per_item
+    from psbench.efficiency.measure import SyntheticEncoded, bytes_per_item
 
     torch.manual_seed(0)
     method = create_method("xpool", create_clip(arch)).eval()
@@ -391,7 +391,7 @@ def run(
     if previous is not None and previous.get("config") == build_keys:  # already built by an earlier invocation
         r["build_check"], r["build"] = r["build"], previous | {"measured_in_an_earlier_invocation": True}
     else:
-        atomic_write_json(build_json, r["build"] | {"config": build_keys})
+        atomic.write_json(build_json, r["build"] | {"config": build_keys})
     r["search_cold"] = _phase(
         "search", index_dir, queries_n, dim, k, "--cold", f"--threads={threads}", work / "s1.json"
     )
@@ -425,8 +425,8 @@ def run(
     text_md = markdown(r)
     console.print(text_md)
     if out is not None:
-        atomic_write_json(out, r)
-        atomic_write_text(out.with_suffix(".md"), text_md)
+        atomic.write_json(out, r)
+        atomic.write_text(out.with_suffix(".md"), text_md)
         console.print(f"written {out} and {out.with_suffix('.md')}")
 
 

@@ -3,14 +3,14 @@
 One run, side by side, on the same random data:
 
 (a) fp32 matmul throughput: a large square matmul with torch (MKL), oneDNN and NumPy (OpenBLAS);
-    the best is the machine's fp32 peak (``psbench.matmul_peak``). Also torch's bfloat16 matmul;
-(b) ``psbench.engine.topk`` with a mean-pool (dot-product) method at Q x N x D, in its two paths:
+    the best is the machine's fp32 peak (``psbench.efficiency.matmul_peak``). Also torch's bfloat16 matmul;
+(b) ``psbench.retrieval.engine.topk`` with a mean-pool (dot-product) method at Q x N x D, in its two paths:
     ``prefilter="off"`` (float32 score for every pair) and the default ``"auto"`` (bfloat16 prefilter
     with a proven error bound + float32 rescoring, where the CPU has native bfloat16). Both are exact;
     GFLOP/s = 2QND / time, so the prefilter path, which does most of its work in bfloat16, can exceed
     the fp32 peak. Also the bare (Q, D) @ (D, N) float32 GEMM alone, and (with --tune) a block grid.
     The run's fp32 peak is the best of the square products, the bare GEMM and the fp32 path
-    (``psbench.matmul_peak.fp32_reference_peak``), so no fp32 figure exceeds 100% of it;
+    (``psbench.efficiency.matmul_peak.fp32_reference_peak``), so no fp32 figure exceeds 100% of it;
 (c) faiss-cpu ``IndexFlatIP`` exact search (a comparison only; faiss is imported here, never in psbench),
     with the fraction of queries whose whole top-k list equals each engine path's.
 
@@ -27,12 +27,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import baselines  # noqa: F401 - registers meanpool
-from psbench import engine
-from psbench.backbone import create_clip
-from psbench.matmul_peak import fp32_matmul_peak, fp32_reference_peak, median_seconds
-from psbench.method import create_method
-from psbench.runs import atomic_write_json, environment
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
+from psbench.efficiency.matmul_peak import fp32_matmul_peak, fp32_reference_peak, median_seconds
+from psbench.files import atomic
+from psbench.retrieval import engine
+from psbench.runs.dirs import environment
 
 console = Console()
 
@@ -154,7 +154,7 @@ def main(
     table = Table(title=f"exact top-{k}: Q={queries} N={gallery} D={dim}, {torch.get_num_threads()} threads")
     for col in ("what", "median s", "GFLOP/s (2QND/t)", "vs fp32 peak"):
         table.add_column(col, justify="left" if col == "what" else "right")
-    labels = {"torch": "torch.matmul (MKL)", "onednn": "oneDNN (psbench.cpu_linear)", "numpy": "numpy (OpenBLAS)"}
+    labels = {"torch": "torch.matmul (MKL)", "onednn": "oneDNN (psbench.ops.linear)", "numpy": "numpy (OpenBLAS)"}
     square = f"square {matmul_size}^3 "
     rows_peak = [(labels[name], row, ref["source"] == square + name) for name, row in peak["by_backend"].items()]
     rows_peak.append(("torch bfloat16 (not fp32)", peak["bf16"], False))
@@ -194,7 +194,7 @@ def main(
                 f"{agreement[row['prefilter']]:.1%} of queries"
             )
     if out is not None:
-        atomic_write_json(
+        atomic.write_json(
             out,
             {
                 "config": {"queries": queries, "gallery": gallery, "dim": dim, "k": k},

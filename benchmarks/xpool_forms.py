@@ -3,7 +3,7 @@
 Same random non-identity weights, same random frame embeddings, same queries; eval mode. Prints and
 writes (``--out``) for each form the wall time of ``similarity`` over Q x N, its GFLOP/s (the method's
 own per-pair FLOP formula) and its share of the same run's fp32 peak (the best of the square products
-and the form's own GFLOP/s, ``psbench.matmul_peak.fp32_reference_peak``), then the folded / reference
+and the form's own GFLOP/s, ``psbench.efficiency.matmul_peak.fp32_reference_peak``), then the folded / reference
 wall-time ratio and the largest score difference. ``--frames`` takes a list, to find where (if anywhere)
 the fold stops paying off as frames grow.
 
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from baselines.xpool import XPool  # noqa: E402
 from benchmarks.xpool_similarity import RandomClipStub as ClipStub  # noqa: E402
-from psbench import atomic  # noqa: E402
-from psbench.matmul_peak import fp32_matmul_peak, fp32_reference_peak  # noqa: E402
-from psbench.runs import environment  # noqa: E402
+from psbench.efficiency.matmul_peak import fp32_matmul_peak, fp32_reference_peak  # noqa: E402
+from psbench.files import atomic  # noqa: E402
+from psbench.runs.dirs import environment  # noqa: E402
 
 
 def build_forms(dim: int, heads: int, seed: int) -> dict[str, XPool]:

@@ -4,7 +4,7 @@ Run: ``python benchmarks/xpool_similarity.py [--queries 1000 --videos 100000 --f
 
 In one run it measures
   (a) fp32 matmul throughput of a large square product on every CPU backend (torch/MKL, oneDNN,
-      NumPy/OpenBLAS; ``psbench.matmul_peak``), before and after (b); the best is the peak;
+      NumPy/OpenBLAS; ``psbench.efficiency.matmul_peak``), before and after (b); the best is the peak;
   (b) ``XPool.similarity`` at Q x N x F x D with RANDOM embeddings (no CLIP, no data): wall time,
       the FLOPs it performs (formula printed), achieved GFLOP/s and the ratio to (a);
   (c) the peak extra resident memory of (b): peak RSS minus RSS just before the call.
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from baselines.xpool import XPool, XPoolHead
-from psbench.matmul_peak import fp32_matmul_peak
+from psbench.efficiency.matmul_peak import fp32_matmul_peak
 
 log = logging.getLogger("xpool_similarity")
 GIB = 1024**3

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,44 +229,6 @@ def shard_bounds(n: int, num_shards: int, shard: int) -> tuple[int, int]:
     return start, start + base + (1 if shard < extra else 0)
 
 
-class _Shifted:
-    """A gallery loader over a contiguous shard, re-indexed to start at 0 (as ``encode_gallery`` expects)."""
-
-    def __init__(self, loader: Any, offset: int) -> None:
-        self.loader, self.offset = loader, offset
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield {**batch, "index": torch.as_tensor(batch["index"]) - self.offset}
-
-
-def encode_gallery_sharded(
-    method: torch.nn.Module,
-    dataset: torch.utils.data.Dataset,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device | str,
-    progress: Callable[[int], None] | None = None,
-) -> Encoded:
-    """``engine.encode_gallery`` with the gallery split across ranks; every rank gets the full result.
-
-    Rank r encodes a contiguous shard of the gallery; the pieces are all-gathered in rank order, i.e.
-    gallery order, so the result equals single-process encoding item for item (CPU tensors).
-    """
-    from psbench.data.loader import make_gallery_loader
-    from psbench.engine import encode_gallery
-
-    if not is_distributed():
-        return encode_gallery(method, make_gallery_loader(dataset, batch_size, num_workers), device, progress)
-    n = len(dataset)
-    start, stop = shard_bounds(n, world_size(), rank())
-    if stop <= start:
-        raise ValueError(f"gallery of {n} video(s) is too small to shard over {world_size()} processes")
-    shard = torch.utils.data.Subset(dataset, range(start, stop))
-    loader = _Shifted(make_gallery_loader(shard, batch_size, num_workers), start)
-    local = encode_gallery(method, loader, device, progress)  # this shard, CPU tensors
-    comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    out: Encoded = {}
-    for key, value in local.items():
-        out[key] = _gather_padded(value.to(comm), _gather_sizes(int(value.shape[0]), comm)).cpu()  # (N, ...)
-    return out
+def all_gather_rows(local: Tensor, comm: torch.device) -> Tensor:
+    """Concatenate every rank's rows in rank order (ranks may hold different counts; no gradient)."""
+    return _gather_padded(local.to(comm), _gather_sizes(int(local.shape[0]), comm))

@@ -9,7 +9,6 @@ knowing the method.
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psbench import cpu_linear
+from psbench.backbone.flops import text_tower_flops
 from psbench.distributed import gather_encoded
-from psbench.registry import Registry
+from psbench.ops import linear as cpu_linear
 
 Encoded = dict[str, Tensor]
 
@@ -94,9 +93,8 @@ class RetrievalMethod(nn.Module, ABC):
     parameters under ``self.clip`` so that parameter groups can tell CLIP from new parameters.
     """
 
-    name: ClassVar[str] = ""
-    #: one stored vector per video (offline) -> similarity is a dot product
-    offline_embedding: ClassVar[bool] = True
+    #: False for a method with nothing to learn (the chance floor): the runner records that and skips training
+    trainable: ClassVar[bool] = True
     #: symmetric InfoNCE reduction ("mean" | "sum"); the runner sets it from ``train.infonce_reduction``
     infonce_reduction: str = "mean"
     #: segments for segment-based frame samplers when the protocol leaves it to the method (0/None: sampler default)
@@ -128,6 +126,24 @@ class RetrievalMethod(nn.Module, ABC):
         if type(self).similarity is not RetrievalMethod.similarity:
             return None
         return text["text"], video["video"]
+
+    @classmethod
+    def is_inner_product(cls) -> bool:
+        """One stored vector per video, scored by a dot product (the default ``similarity``)."""
+        return cls.similarity is RetrievalMethod.similarity
+
+    # -- closed-form cost (optional hooks; ``psbench efficiency`` checks them against fvcore) ---------------
+    def offline_flops_per_video(self, frames: int) -> int | None:
+        """FLOPs of ``encode_video`` for one video of ``frames`` frames, or None if no closed form is known."""
+        return None
+
+    def online_flops_per_pair(self, frames: int, dim: int) -> float | None:
+        """FLOPs of ``similarity`` per (query, video) pair: 2 D for a dot product; None if unknown."""
+        return 2.0 * dim if self.is_inner_product() else None
+
+    def text_flops_per_query(self) -> int:
+        """FLOPs of ``encode_text`` per query: the text tower (a method with a query head adds it)."""
+        return text_tower_flops(self.clip)
 
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """Symmetric InfoNCE over the batch; returns {"loss": total, ...components}.
@@ -169,18 +185,3 @@ class RetrievalMethod(nn.Module, ABC):
     def extra_state(self) -> dict[str, Any]:
         """Method-specific facts recorded in the run directory (e.g. deviations in effect)."""
         return {}
-
-
-METHODS: Registry[type[RetrievalMethod]] = Registry("method")
-
-
-def create_method(name: str, clip: nn.Module, options: dict[str, Any] | None = None) -> RetrievalMethod:
-    """Build a registered method from its name and options, rejecting unknown options by name."""
-    cls = METHODS.get(name)
-    options = dict(options or {})
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "clip"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        valid = ", ".join(sorted(accepted)) or "(none)"
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid: {valid}")
-    return cls(clip, **options)

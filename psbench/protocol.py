@@ -121,15 +121,15 @@ class TrainConfig:
     warmup: float = _rule(0.1, min=0, max=1)  # fraction of total steps
     grad_clip: float = _rule(1.0, above=0)
     twin_pairs: bool = False  # synthetic: time-reversed twins in the same batch
-    selection: str = _rule("last", choices="psbench.train:SELECTION_RULES")
+    selection: str = _rule("last", choices="psbench.train.loop:SELECTION_RULES")
     num_workers: int = _rule(2, min=0)
     skip_corrupt: bool = False  # skip (and count) training videos that fail to decode instead of failing
     # -- training-recipe choices (set per method in the protocols' [method.*.train] tables; see
     # protocols/README.md "Training recipes"); defaults = psbench's original behaviour
     unique_videos: bool = False  # drop repeated videos from each batch (Prompt Switch collate_fn)
     drop_last: bool = True  # False: keep the last partial batch (X-Pool / Prompt Switch DataLoader)
-    schedule: str = _rule("psbench_cosine", choices="psbench.optim:SCHEDULES")
-    optimizer: str = _rule("adamw", choices="psbench.optim:OPTIMIZERS")
+    schedule: str = _rule("psbench_cosine", choices="psbench.train.optim:SCHEDULES")
+    optimizer: str = _rule("adamw", choices="psbench.train.optim:OPTIMIZERS")
     per_tensor_clip: float = _rule(0.0, min=0)  # bert_adam: clip each tensor's grad norm (0 = off)
     infonce_reduction: str = _rule("mean", choices="psbench.method:INFONCE_REDUCTIONS")
 
@@ -163,9 +163,9 @@ class TestConfig:
     resolution: int = _rule(224, min=1)
     max_words: int = _rule(32, min=1)
     batch_size: int = _rule(32, min=1)
-    tie_rule: str = _rule("expected", choices="psbench.metrics:TIE_RULES")
+    tie_rule: str = _rule("expected", choices="psbench.retrieval.metrics:TIE_RULES")
     # "group_max" (lenient, official MSVD) | "all_captions" (strict)
-    v2t_rule: str = _rule("group_max", choices="psbench.metrics:V2T_RULES")
+    v2t_rule: str = _rule("group_max", choices="psbench.retrieval.metrics:V2T_RULES")
     dsl: bool = False
     dsl_tau: float = _rule(1.0, above=0)
     num_workers: int = _rule(2, min=0)
@@ -361,3 +361,28 @@ def resolve(
         options=options,
         reference=list(protocol.get("reference", [])),
     )
+
+
+def protocol_datasets() -> list[str]:
+    """The datasets the shipped protocols name."""
+    return sorted({str(load_protocol(n).get("data", {}).get("dataset", "")) for n in list_protocols()} - {""})
+
+
+def default_protocol_for(dataset: str) -> str:
+    """The protocol named like the dataset, else the shortest-named protocol for that dataset."""
+    names = list_protocols()
+    if dataset in names:
+        return dataset
+    matches = sorted((n for n in names if load_protocol(n).get("data", {}).get("dataset") == dataset), key=len)
+    if not matches:
+        raise UnknownKeyError("dataset", dataset, protocol_datasets())
+    return matches[0]
+
+
+def protocol_for(dataset: str, protocol: str | Path | None = None, check_dataset: bool = True) -> dict[str, Any]:
+    """The protocol chosen by ``--protocol`` (else the dataset's default), checked to be for ``dataset``."""
+    proto = load_protocol(protocol if protocol is not None else default_protocol_for(dataset))
+    found = proto.get("data", {}).get("dataset")
+    if check_dataset and found != dataset:
+        raise ProtocolError(f"protocol {proto['name']} is for dataset {found!r}, not {dataset!r}")
+    return proto

@@ -43,7 +43,7 @@ def fixed_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny generated synthetic set (8 / 2 / 4 twin pairs) with a random tiny CLIP saved as its weights."""
-    from psbench.backbone import create_clip, save_clip
+    from psbench.backbone.clip import create_clip, save_clip
     from psbench.data.synthetic import generate_synthetic
 
     logging.getLogger("root").setLevel(logging.ERROR)

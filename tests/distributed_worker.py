@@ -13,15 +13,17 @@ from pathlib import Path
 
 import torch
 
-from psbench import distributed, engine
-from psbench.backbone import create_clip
+from psbench import distributed
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
 from psbench.data.datasets import load_split
 from psbench.data.loader import GalleryDataset
-from psbench.evaluate import frame_spec
-from psbench.method import Batch, create_method
+from psbench.method import Batch
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
-from psbench.train import _loss_module
+from psbench.retrieval import engine
+from psbench.retrieval.evaluate import encode_gallery_sharded, frame_spec
+from psbench.runs.runner import run
+from psbench.train.loop import _loss_module
 
 
 def gradient_case(case: dict, here: distributed.DistInfo) -> dict:
@@ -47,7 +49,7 @@ def eval_case(data_root: Path) -> dict:
     split = split.subset(split.video_ids[:7])  # 7 videos: unequal shards (4 + 3)
     spec = frame_spec(cfg.test.frames, cfg.test.sampler, cfg.test.segments, method)
     dataset = GalleryDataset(split, spec, cfg.test.transform, cfg.test.resolution)
-    video = distributed.encode_gallery_sharded(method, dataset, 3, 0, "cpu")
+    video = encode_gallery_sharded(method, dataset, 3, 0, "cpu")
     text = {"text": torch.nn.functional.normalize(torch.randn(5, video["video"].shape[1]), dim=-1)}
     text = distributed.broadcast_object(text)  # rank 0's queries everywhere
     start, stop = distributed.shard_bounds(7, distributed.world_size(), distributed.rank())

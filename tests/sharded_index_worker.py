@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-import baselines  # noqa: F401 - registers meanpool
 from psbench import distributed
-from psbench.backbone import create_clip
-from psbench.method import create_method
-from psbench.sharded_index import distributed_topk, open_sharded_index
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
+from psbench.retrieval.sharded_index import distributed_topk, open_sharded_index
 
 
 def main() -> None:

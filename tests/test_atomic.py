@@ -1,4 +1,4 @@
-"""Atomic writes (psbench.atomic): files get the umask's mode (not mkstemp's 0600) and never half-exist."""
+"""Atomic writes (psbench.files.atomic): files get the umask's mode (not mkstemp's 0600) and never half-exist."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from psbench import atomic
-from psbench.data.compress import CompressSettings, compress_video
+from psbench.data.prepare.compress import CompressSettings, compress_video
 from psbench.data.video_writer import write_video
-from psbench.runs import atomic_torch_save, atomic_write_json, atomic_write_text
+from psbench.files import atomic
 
 
 @pytest.fixture
@@ -34,9 +33,6 @@ WRITERS: dict[str, Callable[[Path], None]] = {
     "text": lambda p: atomic.write_text(p / "a.md", "hello\n"),
     "bytes": lambda p: atomic.write_bytes(p / "a.bin", b"\x00\x01"),
     "torch.save": lambda p: atomic.torch_save({"w": torch.zeros(2)}, p / "a.pt"),
-    "runs.atomic_write_json": lambda p: atomic_write_json(p / "manifest.json", {"ok": True}),
-    "runs.atomic_write_text": lambda p: atomic_write_text(p / "b.txt", "x"),
-    "runs.atomic_torch_save": lambda p: atomic_torch_save({"model": {}}, p / "checkpoint_last.pt"),
     "video": lambda p: write_video(p / "v.mp4", _frames(), fps=4),
 }
 

@@ -16,9 +16,9 @@ from psbench.data.datasets import load_split
 from psbench.data.paths import AnnotationError
 from psbench.method import RetrievalMethod
 from psbench.protocol import DataConfig, load_protocol, resolve
-from psbench.runner import run
-from psbench.runs import RunDirError
-from psbench.train import NonFiniteLossError, TrainingDataError
+from psbench.runs.dirs import RunDirError
+from psbench.runs.runner import run
+from psbench.train.loop import NonFiniteLossError, TrainingDataError
 from tests.conftest import TINY_SETS
 
 
@@ -110,7 +110,7 @@ def test_malformed_msrvtt_annotation_names_file_and_line(tmp_path: Path) -> None
 def test_unusable_runs_dir_fails_before_training(
     tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import psbench.runner as runner
+    import psbench.runs.runner as runner
 
     def never(*args, **kwargs):
         raise AssertionError("training started although the runs directory is unusable")
@@ -132,7 +132,7 @@ def test_unusable_runs_dir_fails_before_training(
 
 def _wrong_shaped_weights(path: Path, text_rows: int = 33, visual_rows: int = 5) -> Path:
     """The tiny CLIP with a text positional embedding of ``text_rows`` and a visual one of ``visual_rows``."""
-    from psbench.backbone import create_clip
+    from psbench.backbone.clip import create_clip
 
     state = create_clip("psbench-tiny").state_dict()
     state["positional_embedding"] = torch.randn(text_rows, state["positional_embedding"].shape[1])
@@ -142,7 +142,7 @@ def _wrong_shaped_weights(path: Path, text_rows: int = 33, visual_rows: int = 5)
 
 
 def test_wrong_shaped_positional_embedding_is_an_error_naming_key_and_shapes(tmp_path: Path) -> None:
-    from psbench.backbone import WeightShapeError, create_clip
+    from psbench.backbone.clip import WeightShapeError, create_clip
 
     text_only = _wrong_shaped_weights(tmp_path / "text.pt", text_rows=33, visual_rows=17)
     with pytest.raises(
@@ -256,7 +256,7 @@ def test_garbage_that_starts_like_a_pickle_is_a_format_error_not_a_trust_questio
     import random
     import warnings
 
-    from psbench.checkpoint import CheckpointFormatError, load_torch_file
+    from psbench.backbone.checkpoint import CheckpointFormatError, load_torch_file
 
     path = tmp_path / "noise.pt"
     path.write_bytes(b"\x80" + random.Random(1).randbytes(600))  # 0x80 is the pickle PROTO opcode

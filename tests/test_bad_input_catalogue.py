@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
+from psbench.runs.runner import run
 from tests.conftest import SHARED_ANNOTATIONS, TINY_SETS, read_only_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -147,7 +147,7 @@ def truncated_lsmdc(env: Env, tmp: Path) -> tuple[list[str], str]:
 
 
 def wrong_shaped_weights(env: Env, tmp: Path) -> tuple[list[str], str]:
-    from psbench.backbone import create_clip
+    from psbench.backbone.clip import create_clip
 
     state = create_clip("psbench-tiny").state_dict()
     state["positional_embedding"] = torch.randn(33, state["positional_embedding"].shape[1])

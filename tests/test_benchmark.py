@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psbench.benchmark import PlannedRun, plan, run_benchmark
+from psbench.files import atomic
 from psbench.protocol import RunConfig
-from psbench.runs import atomic_write_json, create_run_dir
+from psbench.runs.benchmark import PlannedRun, plan, run_benchmark
+from psbench.runs.dirs import create_run_dir
 
 
 def _fake_run(runs_dir: Path, calls: list[str]):
     def run_one(cfg: RunConfig) -> Path:
         calls.append(f"{cfg.method}:{cfg.seed}:{cfg.train.epochs}")
         d = create_run_dir(runs_dir, cfg.protocol, cfg.method, cfg.seed)
-        atomic_write_json(
+        atomic.write_json(
             d / "metrics.json", {"method": cfg.method, "seed": cfg.seed, "hashes": {"protocol": cfg.protocol_hash()}}
         )
         return d

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from psbench import cpu_linear
-from psbench.matmul_peak import fp32_matmul_peak
+from psbench.efficiency.matmul_peak import fp32_matmul_peak
+from psbench.ops import linear as cpu_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
 def test_fp32_peak_includes_a_faster_bare_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stubbed timer: the square product runs at 170.6 GFLOP/s, the bare (Q, D) @ (D, N) GEMM at 222.4
     (as on the Intel machine): the run's peak is the bare GEMM and no fp32 figure exceeds 100% of it."""
-    import psbench.matmul_peak as mp
+    import psbench.efficiency.matmul_peak as mp
 
     size = 64
     square_seconds = 2 * size**3 / 170.6e9

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from psbench import cli_policy as policy
+from psbench.cli import _common as policy
 from psbench.cli import app
 from psbench.progress import RichProgress
 from tests.conftest import TINY_SETS
@@ -196,7 +196,7 @@ def test_efficiency_and_evaluation_report_progress_with_totals(
     tiny_synthetic: Path, tmp_path: Path, one_torch_thread: None
 ) -> None:
     """The long steps (efficiency points; encoding and scoring the test split) each have a bar with a total."""
-    from psbench import efficiency as eff
+    from psbench.efficiency import measure as eff
 
     out = io.StringIO()
     cfg = eff.EfficiencyConfig(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from psbench.cli_policy import console, refresh_consoles
+from psbench.cli._common import console, refresh_consoles
 
 #: CLI tests whose assertions read rich-rendered tables and messages
 CLI_TESTS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psbench import cpu_linear
+from psbench.ops import linear as cpu_linear
 
 
 def test_equals_functional_linear_in_float32() -> None:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
+from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 
 

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from psbench import engine
-from psbench.backbone import Tokenizer, create_clip
+from psbench.backbone.clip import Tokenizer, create_clip
+from psbench.catalog import create_method
 from psbench.data.datasets import load_split
 from psbench.data.loader import GalleryDataset, make_gallery_loader
 from psbench.distributed import per_process_batch, shard_bounds
-from psbench.evaluate import frame_spec
-from psbench.method import Batch, create_method
+from psbench.method import Batch
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
+from psbench.retrieval import engine
+from psbench.retrieval.evaluate import frame_spec
+from psbench.runs.runner import run
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = ["a red circle appears", "a blue square moves left", "a green triangle", "a yellow circle moves up"]

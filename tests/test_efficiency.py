@@ -13,7 +13,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from psbench import efficiency as eff
+from psbench.efficiency import measure as eff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -187,11 +187,12 @@ def test_synthetic_encoded_structure() -> None:
 
 
 def test_cli_help_has_examples() -> None:
-    from psbench.cli_efficiency import register
+    from psbench.cli import efficiency, index
 
     app = typer.Typer()
     app.command("noop")(lambda: None)
-    register(app)
+    efficiency.register(app)
+    index.register(app)
     runner = CliRunner()
     for args in (["efficiency", "--help"], ["index", "build", "--help"], ["index", "search", "--help"]):
         result = runner.invoke(app, args)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
+from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 
 
@@ -32,7 +32,7 @@ def test_run_writes_complete_record_and_reevaluates(tiny_synthetic: Path, tmp_pa
     ranks = json.loads((run_dir / "ranks.json").read_text())
     assert len(ranks["t2v"]["greater"]) == metrics["num_queries"]
 
-    from psbench.reevaluate import reevaluate
+    from psbench.runs.reevaluate import reevaluate
 
     again = json.loads(reevaluate(run_dir, None, "cpu").read_text())
     assert again["t2v"] == pytest.approx(metrics["t2v"]) and again["v2t"] == pytest.approx(metrics["v2t"])
@@ -47,7 +47,7 @@ def test_mean_pool_order_accuracy_is_exactly_chance(tiny_synthetic: Path, tmp_pa
 
 def test_mean_pool_under_reversed_frames_reports_no_change(tiny_synthetic: Path, tmp_path: Path):
     """`eval --reverse-frames` of an order-blind mean-pool: rounding between twins is no effect (issue 12)."""
-    from psbench.reevaluate import reevaluate
+    from psbench.runs.reevaluate import reevaluate
 
     cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**TINY_SETS, "train.epochs": 0})
     run_dir = run(cfg, tmp_path, data_root=tiny_synthetic)

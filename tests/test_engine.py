@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from psbench.engine import (
+from psbench.method import Encoded, RetrievalMethod
+from psbench.retrieval.engine import (
     concat_encoded,
     encode_gallery,
     encode_queries,
@@ -19,7 +20,6 @@ from psbench.engine import (
     slice_encoded,
     topk,
 )
-from psbench.method import Encoded, RetrievalMethod
 
 D, F = 8, 4
 
@@ -259,8 +259,8 @@ def test_score_matrix_rejects_bad_similarity_shape_and_block_size() -> None:
 @pytest.mark.parametrize("k", [1, 4, 9, 40])
 def test_candidate_filter_equals_block_topk(k: int) -> None:
     """The CPU group-maximum filter and the CUDA path's per-block torch.topk keep the same keys."""
-    from psbench.engine import _block_topk_keys, _candidate_keys
-    from psbench.sortkeys import topk_keys
+    from psbench.ops.sortkeys import topk_keys
+    from psbench.retrieval.engine import _block_topk_keys, _candidate_keys
 
     gen = torch.Generator().manual_seed(k)
     scores = torch.randint(0, 6, (9, 300), generator=gen).float() / 4  # (q, v) many exact ties

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from psbench import device_topk
-from psbench.engine import score_matrix, topk, topk_block_sizes, uses_device_path
 from psbench.method import Encoded, RetrievalMethod
-from psbench.sortkeys import sort_keys, topk_keys
+from psbench.ops import device_topk
+from psbench.ops.sortkeys import sort_keys, topk_keys
+from psbench.retrieval.engine import score_matrix, topk, topk_block_sizes, uses_device_path
 
 D, F = 8, 4
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -221,7 +221,7 @@ def test_cuda_blocks_do_not_synchronise(dtype: torch.dtype) -> None:
 
 
 def test_efficiency_records_the_device_path() -> None:
-    from psbench.efficiency import DEVICE_TOPK_PATH
+    from psbench.efficiency.measure import DEVICE_TOPK_PATH
     from psbench.report.efficiency import topk_path_label
 
     assert topk_path_label(DEVICE_TOPK_PATH) == "device path, native dtype"

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-import baselines.xpool  # noqa: F401 - registers xpool
-from psbench import flops
-from psbench.backbone import create_clip
-from psbench.method import create_method
+from psbench.backbone import flops as towers
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
+from psbench.efficiency import flops
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,18 +26,18 @@ def vit_b32() -> nn.Module:
 
 
 def test_closed_form_vit_b32_is_4_41_gmac() -> None:
-    macs = flops.vit_image_macs(flops.VIT_B_32)["total"]
+    macs = towers.vit_image_macs(towers.VIT_B_32)["total"]
     assert macs == pytest.approx(4.41e9, rel=2e-3)
-    assert flops.MAC_TO_FLOP * macs == pytest.approx(8.8e9, rel=5e-3)
+    assert towers.MAC_TO_FLOP * macs == pytest.approx(8.8e9, rel=5e-3)
 
 
 def test_shape_read_from_open_clip_vit(vit_b32: nn.Module) -> None:
-    assert flops.ViTShape.from_visual(vit_b32) == flops.VIT_B_32
+    assert towers.ViTShape.from_visual(vit_b32) == towers.VIT_B_32
 
 
 def test_fvcore_with_handles_matches_closed_form(vit_b32: nn.Module) -> None:
     count = flops.count_flops(vit_b32, [torch.randn(1, 3, 224, 224)])
-    closed = flops.vit_image_macs(flops.VIT_B_32)["total"]
+    closed = towers.vit_image_macs(towers.VIT_B_32)["total"]
     assert count.unsupported == {}
     assert count.macs == pytest.approx(closed, rel=0.01)
     assert count.flops == 2 * count.macs
@@ -46,7 +46,7 @@ def test_fvcore_with_handles_matches_closed_form(vit_b32: nn.Module) -> None:
 def test_raw_fvcore_misses_the_fused_attention(vit_b32: nn.Module) -> None:
     """Inference (no_grad) takes nn.MultiheadAttention's fused path: fvcore drops the whole attention layer."""
     raw = flops.count_flops(vit_b32, [torch.randn(1, 3, 224, 224)], with_handles=False)
-    parts = flops.vit_image_macs(flops.VIT_B_32)
+    parts = towers.vit_image_macs(towers.VIT_B_32)
     attention_layer = sum(parts[k] for k in ("qkv", "attention_scores", "attention_values", "out_proj"))
     assert "aten::_native_multi_head_attention" in raw.unsupported
     assert parts["total"] - raw.macs == pytest.approx(attention_layer, rel=0.01)  # ~33% of the total
@@ -57,7 +57,7 @@ def test_raw_fvcore_misses_sdpa_with_grad(vit_b32: nn.Module) -> None:
     analysis = FlopCountAnalysis(vit_b32, (torch.randn(1, 3, 224, 224),))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    parts = flops.vit_image_macs(flops.VIT_B_32)
+    parts = towers.vit_image_macs(towers.VIT_B_32)
     raw = analysis.total()
     assert "aten::scaled_dot_product_attention" in analysis.unsupported_ops()
     missing = parts["attention_scores"] + parts["attention_values"]
@@ -71,7 +71,7 @@ def test_sdpa_handle_on_grad_path() -> None:
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.set_op_handle(**flops.attention_handles())
-    closed = flops.vit_image_macs(flops.ViTShape.from_visual(visual))["total"]
+    closed = towers.vit_image_macs(towers.ViTShape.from_visual(visual))["total"]
     assert analysis.total() == pytest.approx(closed, rel=0.03)  # tiny widths: layer norms weigh more
 
 
@@ -113,10 +113,9 @@ def test_similarity_counts(fold: bool) -> None:
 
 def test_offline_closed_form_per_method() -> None:
     """fvcore on encode_video vs the per-method closed forms (tiny backbone, 6 frames)."""
-    import psbench.promptswitch  # noqa: F401
-    from psbench.method import METHODS
+    from psbench.catalog import METHOD_TABLE
 
-    for name in METHODS.names():  # every registered method and variant
+    for name in METHOD_TABLE:  # every catalogued method, ablation, form and floor
         method = create_method(name, create_clip("psbench-tiny")).eval()
         frames, mask = torch.randn(1, 6, 3, 32, 32), torch.ones(1, 6, dtype=torch.bool)
         count = flops.count_encode_video_flops(method, frames, mask)

@@ -7,20 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import baselines.xpool  # noqa: F401 - registers xpool
-from psbench import engine
-from psbench.backbone import create_clip, tokenizer_for
-from psbench.index import (
+from psbench.backbone.clip import create_clip, tokenizer_for
+from psbench.catalog import create_method
+from psbench.retrieval import engine
+from psbench.retrieval.index import (
     VideoIndex,
     VideoIndexError,
     check_compatible,
-    directory_split,
     load_index,
     model_fingerprint,
     save_index,
     search,
 )
-from psbench.method import create_method
+from psbench.runs.indexing import directory_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from psbench.backbone import CLIP_MEAN, CLIP_STD, Tokenizer
+from psbench.backbone.clip import CLIP_MEAN, CLIP_STD, Tokenizer
 from psbench.data.loader import (
     FrameSpec,
     GalleryDataset,

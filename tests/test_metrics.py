@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from psbench.metrics import (
+from psbench.retrieval.metrics import (
     TIE_RULES,
     QueryRanks,
     diagonal_ranks,
@@ -231,7 +231,7 @@ def _meanpool_scores(frames: torch.Tensor, text: torch.Tensor) -> np.ndarray:
 def test_mean_pool_under_frame_reversal_reports_no_change() -> None:
     """Twins are reversed copies; reversing every video's frames swaps them. An order-blind mean-pool
     scores both the same up to float rounding, which must not move any rank (no drop reported)."""
-    from psbench.metrics import order_accuracy
+    from psbench.retrieval.metrics import order_accuracy
 
     gen = torch.Generator().manual_seed(0)
     pairs, t, d = 60, 12, 64

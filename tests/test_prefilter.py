@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from psbench import engine, prefilter
 from psbench.method import Encoded, RetrievalMethod
+from psbench.ops import prefilter
+from psbench.retrieval import engine
 
 
 class DotProduct(RetrievalMethod):

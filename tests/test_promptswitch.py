@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psbench.backbone import Tokenizer, blocks, create_clip, embed_frames, head
-from psbench.method import METHODS, Batch, create_method
+from psbench.backbone.clip import Tokenizer, blocks, create_clip, embed_frames, head
+from psbench.catalog import METHOD_TABLE, create_method
+from psbench.method import Batch
 from psbench.promptswitch import (
     CaptionDecoder,
     PromptSwitch,
@@ -353,7 +354,7 @@ def test_variants_are_registered_and_fix_their_option() -> None:
         ("promptswitch-noagg", "aggregation", False),
         ("promptswitch-nocap", "caption_loss", False),
     ]:
-        assert name in METHODS
+        assert METHOD_TABLE[name].role == "ablation" and dict(METHOD_TABLE[name].fixed) == {key: value}
         torch.manual_seed(0)
         model = create_method(name, create_clip("psbench-tiny"), {"num_prompts": 3})
         assert model.num_prompts == 3

@@ -3,10 +3,8 @@ duplicated captions they contain and the tie rule that scores them, and every pr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
-import inspect
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -221,9 +219,9 @@ def test_lsmdc_videos_flat_or_in_movie_folders_inside_the_root(tmp_path: Path) -
 @pytest.fixture(scope="module")
 def metrics():
     try:
-        return importlib.import_module("psbench.metrics")
+        return importlib.import_module("psbench.retrieval.metrics")
     except ImportError as exc:
-        pytest.skip(f"psbench.metrics is not importable yet ({exc})")
+        pytest.skip(f"psbench.retrieval.metrics is not importable yet ({exc})")
 
 
 def text_scores(split: RetrievalSplit, seed: int, dim: int = 16) -> np.ndarray:
@@ -325,14 +323,10 @@ VARIANTS = {
 
 
 def method_classes() -> dict[str, type]:
-    """Registered methods; baseline modules are imported one by one (some may be in progress)."""
-    from psbench.method import METHODS
+    """Every catalogued method's class."""
+    from psbench.catalog import METHOD_TABLE, method_class
 
-    modules = ("baselines.meanpool", "baselines.tokenshift", "baselines.videoproxy", "baselines.xpool")
-    for module in (*modules, "psbench.promptswitch"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
-    return {name: METHODS.get(name) for name in METHODS.names()}
+    return {name: method_class(name) for name in METHOD_TABLE}
 
 
 def flat(config: object) -> dict[str, object]:
@@ -366,9 +360,9 @@ def test_protocol_resolves_for_every_method(name: str) -> None:
             prompts = cfg.options["num_prompts"]
             assert cfg.train.frames % prompts == 0 and cfg.test.frames % prompts == 0
         if method in classes:  # the options must be accepted by the method's constructor
-            accepted = set(inspect.signature(classes[method].__init__).parameters) - {"self", "clip"}
-            fixed = set(getattr(classes[method], "fixed_options", {}))
-            assert set(cfg.options) <= accepted and not set(cfg.options) & fixed, (name, method)
+            from psbench.catalog import method_options
+
+            assert set(cfg.options) <= set(method_options(method)), (name, method)
 
 
 @pytest.mark.parametrize("name", REAL_PROTOCOLS)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from psbench.backbone import create_clip, save_clip
+from psbench.backbone.clip import create_clip, save_clip
 from psbench.data.video_writer import write_video
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
+from psbench.runs.runner import run
 from tests.conftest import SHARED_ANNOTATIONS
 
 SHARED = SHARED_ANNOTATIONS / "msrvtt"

@@ -14,12 +14,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from psbench.metrics import QueryRanks, metrics_from_ranks
+from psbench.files import atomic
 from psbench.protocol import load_protocol, resolve
 from psbench.report import StatsConfig, build_report
 from psbench.report.build import assemble
 from psbench.report.document import Table
-from psbench.runs import atomic_write_json
+from psbench.retrieval.metrics import QueryRanks, metrics_from_ranks
 
 FAST = StatsConfig(resamples=300, permutations=500, seed=0)
 TEST_HASH = "aaaa1111bbbb2222"
@@ -51,7 +51,7 @@ def make_run(
     cfg = resolve(load_protocol("synthetic"), method, seed, {"train.epochs": epochs, **(sets or {})})
     hashes = {"protocol": protocol_hash, "test_data": test_hash, "train_data": "cccc3333dddd4444"}
     command = f"psbench run --method {method} --dataset synthetic --seed {seed} --set train.epochs={epochs}"
-    atomic_write_json(run_dir / "config.json", {"config": cfg.to_dict(), "hashes": hashes, "command": command})
+    atomic.write_json(run_dir / "config.json", {"config": cfg.to_dict(), "hashes": hashes, "command": command})
     env = {
         "python": "3.11.7",
         "torch": "2.14.1",
@@ -60,7 +60,7 @@ def make_run(
         "device_name": "cpu",
         "git": {"sha": "0123456789abcdef", "dirty": False},
     }
-    atomic_write_json(run_dir / "environment.json", env)
+    atomic.write_json(run_dir / "environment.json", env)
     with open(run_dir / "train_log.jsonl", "w") as log:
         for step in range(epochs * 5):
             loss = 5.0 / (1 + step) + rng.random()
@@ -70,7 +70,7 @@ def make_run(
                     json.dumps({"epoch_summary": {"epoch": step // 5, "mean_loss": loss, "steps": step + 1}}) + "\n"
                 )
     caption_video = list(range(NUM_V2T)) + list(range(NUM_T2V - NUM_V2T))
-    atomic_write_json(
+    atomic.write_json(
         run_dir / "ranks.json", {"t2v": t2v.to_dict(), "v2t": v2t.to_dict(), "caption_video": caption_video}
     )
     metrics = {
@@ -90,7 +90,7 @@ def make_run(
     }
     if order_accuracy is not None:
         metrics["order_accuracy"] = order_accuracy
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic.write_json(run_dir / "metrics.json", metrics)
     return run_dir
 
 
@@ -196,7 +196,7 @@ def test_frame_order_table_reports_drops(runs: Path, tmp_path: Path):
         "t2v": {**own["t2v"], "R1": own["t2v"]["R1"] - 5.0},
         "order_accuracy": 50.0,
     }
-    atomic_write_json(run_dir / "eval_20260101T000000_000000Z.json", altered)
+    atomic.write_json(run_dir / "eval_20260101T000000_000000Z.json", altered)
     content = assemble([runs], tmp_path / "out", stats=FAST)
     table = _table(content.document, "frame-order test")
     (row,) = table.rows
@@ -220,7 +220,7 @@ def test_efficiency_section_separates_measured_and_extrapolated(runs: Path, tmp_
         "environment": {"device_name": "cpu"},
         "methods": {"meanpool": stage},
     }
-    atomic_write_json(tmp_path / "eff" / "efficiency.json", eff)
+    atomic.write_json(tmp_path / "eff" / "efficiency.json", eff)
     content = assemble([runs], tmp_path / "out", efficiency=[tmp_path / "eff"], stats=FAST)
     latency = _table(content.document, "Online latency per query")
     assert latency.rows[0].cells[1].startswith("2 µs") and "extrapolated" in latency.rows[0].cells[2]
@@ -228,7 +228,7 @@ def test_efficiency_section_separates_measured_and_extrapolated(runs: Path, tmp_
 
 
 def test_cli_report_command(runs: Path, tmp_path: Path):
-    from psbench.cli_report import register
+    from psbench.cli.results import register
 
     app = typer.Typer()
     app.callback()(lambda: None)

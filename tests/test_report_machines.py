@@ -10,7 +10,7 @@ import pytest
 from psbench.report.build import assemble
 from psbench.report.document import Paragraph, Table
 from psbench.report.machines import machine_label
-from psbench.runs import cpu_kernels
+from psbench.runs.dirs import cpu_kernels
 from tests.test_report import FAST, make_run
 
 

@@ -16,10 +16,10 @@ import torch
 from typer.testing import CliRunner
 
 from psbench.cli import app
+from psbench.files import atomic
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
-from psbench.runs import atomic_torch_save
-from psbench.train import load_resume_state
+from psbench.runs.runner import run
+from psbench.train.loop import load_resume_state
 from tests.conftest import TINY_SETS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ def test_resume_refuses_a_missing_run_and_mixed_options(tmp_path: Path) -> None:
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint_last.pt"
-    atomic_torch_save({"epoch": 0, "w": torch.arange(10.0)}, path)
+    atomic.torch_save({"epoch": 0, "w": torch.arange(10.0)}, path)
     real_save = torch.save
 
     def crash(obj, f, *args, **kwargs):  # writes half a file, then dies
@@ -101,7 +101,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="No space"):
-        atomic_torch_save({"epoch": 1, "w": torch.zeros(10)}, path)
+        atomic.torch_save({"epoch": 1, "w": torch.zeros(10)}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]  # the temp file is gone
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 0 and torch.equal(state["w"], torch.arange(10.0))
@@ -111,12 +111,12 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: 
 def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, where: str) -> None:
     """A real SIGKILL while the new checkpoint is half written (torch.save) or written but not renamed (fsync)."""
     path = tmp_path / "checkpoint_last.pt"
-    atomic_torch_save({"epoch": 0, "w": torch.arange(1000.0)}, path)
+    atomic.torch_save({"epoch": 0, "w": torch.arange(1000.0)}, path)
     script = textwrap.dedent(
         f"""
         import os, signal, torch
         from pathlib import Path
-        from psbench import runs
+        from psbench.files import atomic as runs
         real_save = torch.save
         def die(*args, **kwargs):
             if {where!r} == "torch.save":
@@ -127,7 +127,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, where
             runs.os.fsync = die
         else:
             torch.save = die
-        runs.atomic_torch_save({{"epoch": 1, "w": torch.zeros(1000)}}, Path({str(path)!r}))
+        runs.torch_save({{"epoch": 1, "w": torch.zeros(1000)}}, Path({str(path)!r}))
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)

@@ -12,16 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from psbench import filehash
-from psbench.backbone import create_clip, save_clip, tokenizer_vocab_path
-from psbench.checkpoint import UntrustedCheckpointError
+from psbench.backbone.checkpoint import UntrustedCheckpointError
+from psbench.backbone.clip import create_clip, save_clip, tokenizer_vocab_path
 from psbench.cli import app
+from psbench.files import filehash
 from psbench.protocol import load_protocol, resolve
-from psbench.reevaluate import reevaluate
 from psbench.report.build import assemble
 from psbench.report.quality import StatsConfig
-from psbench.run_record import RunRecordError, open_run
-from psbench.runner import run
+from psbench.runs.record import RunRecordError, open_run
+from psbench.runs.reevaluate import reevaluate
+from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 
 FAST = StatsConfig(resamples=200, permutations=200, seed=0)
@@ -197,8 +197,9 @@ def test_one_error_for_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
 
 
 def test_benchmark_never_reuses_a_run_on_other_weights(tmp_path: Path) -> None:
-    from psbench.benchmark import PlannedRun, run_benchmark
-    from psbench.runs import atomic_write_json, create_run_dir
+    from psbench.files import atomic
+    from psbench.runs.benchmark import PlannedRun, run_benchmark
+    from psbench.runs.dirs import create_run_dir
 
     calls: list[str] = []
 
@@ -207,7 +208,7 @@ def test_benchmark_never_reuses_a_run_on_other_weights(tmp_path: Path) -> None:
             calls.append(weights)
             d = create_run_dir(tmp_path, cfg.protocol, cfg.method, cfg.seed)
             hashes = {"protocol": cfg.protocol_hash(), "weights": weights}
-            atomic_write_json(d / "metrics.json", {"method": cfg.method, "seed": cfg.seed, "hashes": hashes})
+            atomic.write_json(d / "metrics.json", {"method": cfg.method, "seed": cfg.seed, "hashes": hashes})
             return d
 
         return run_one

@@ -13,16 +13,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from psbench.backbone import BackboneError, create_clip, save_clip
-from psbench.checkpoint import CheckpointFormatError, UntrustedCheckpointError, read_state_dict
+from psbench.backbone.checkpoint import CheckpointFormatError, UntrustedCheckpointError, read_state_dict
+from psbench.backbone.clip import BackboneError, create_clip, save_clip
 from psbench.cli import app
 from psbench.data.datasets import load_split
 from psbench.data.paths import AnnotationError
 from psbench.protocol import DataConfig, load_protocol, resolve
 from psbench.report.build import assemble
 from psbench.report.quality import StatsConfig
-from psbench.run_record import RunRecordError, open_run
-from psbench.runner import run
+from psbench.runs.record import RunRecordError, open_run
+from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 from tests.test_report import make_run
 

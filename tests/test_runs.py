@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from psbench.files import atomic
 from psbench.registry import Registry, UnknownKeyError
-from psbench.runs import RunDirError, atomic_write_json, create_run_dir
+from psbench.runs.dirs import RunDirError, create_run_dir
 
 
 def test_run_dir_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -15,7 +16,7 @@ def test_run_dir_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.Monkey
     second = create_run_dir(tmp_path, "synthetic", "meanpool", 0)
     assert first != second and (first / "metrics.json").read_text() == "{}"
     # Force a name collision: the existing directory must not be reused.
-    monkeypatch.setattr("psbench.runs.run_dir_name", lambda *a, **k: first.name)
+    monkeypatch.setattr("psbench.runs.dirs.run_dir_name", lambda *a, **k: first.name)
     with pytest.raises(RunDirError, match="already exists"):
         create_run_dir(tmp_path, "synthetic", "meanpool", 0)
 
@@ -29,8 +30,8 @@ def test_unwritable_runs_dir_fails_before_anything(tmp_path: Path):
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path):
     path = tmp_path / "m.json"
-    atomic_write_json(path, {"a": 1})
-    atomic_write_json(path, {"b": 2})
+    atomic.write_json(path, {"a": 1})
+    atomic.write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
 

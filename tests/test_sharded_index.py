@@ -15,15 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import baselines.xpool  # noqa: F401 - registers xpool
-from psbench import engine
-from psbench.backbone import create_clip
+from psbench.backbone.clip import create_clip
+from psbench.catalog import create_method
 from psbench.cli import app
-from psbench.index import load_index, load_run_method, search, search_sharded
-from psbench.method import create_method
 from psbench.protocol import load_protocol, resolve
-from psbench.runner import run
-from psbench.sharded_index import (
+from psbench.retrieval import engine
+from psbench.retrieval.index import load_index, search, search_sharded
+from psbench.retrieval.sharded_index import (
     MANIFEST,
     STORAGE_DTYPES,
     ShardedIndexError,
@@ -31,6 +29,8 @@ from psbench.sharded_index import (
     random_shard_source,
     write_sharded_index,
 )
+from psbench.runs.indexing import load_run_method
+from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,7 +86,7 @@ def test_multi_key_method_xpool_matches_in_memory(tmp_path: Path) -> None:
 
 SLOW_BUILD = """
 import sys, time
-from psbench.sharded_index import random_shard_source, write_sharded_index
+from psbench.retrieval.sharded_index import random_shard_source, write_sharded_index
 source = random_shard_source(32, seed=5)
 def slow(start, stop):
     if start > 0:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import baselines.meanpool  # noqa: F401  (registers meanpool)
-import baselines.tokenshift  # noqa: F401  (registers tokenshift)
 from baselines.tokenshift import shift_positions, shifted_block_forward, token_shift
-from psbench.backbone import blocks, create_clip, embed_frames
-from psbench.method import create_method
+from psbench.backbone.clip import blocks, create_clip, embed_frames
+from psbench.catalog import create_method
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psbench.backbone import create_clip, tokenizer_for
+from psbench.backbone.clip import create_clip, tokenizer_for
+from psbench.catalog import create_method
 from psbench.data.loader import ShuffledBatchSampler, collate_train
-from psbench.method import Batch, create_method, symmetric_infonce
-from psbench.optim import BertAdam, bert_warmup_cosine, hf_cosine, psbench_cosine
+from psbench.method import Batch, symmetric_infonce
 from psbench.protocol import ProtocolError, TrainConfig, load_protocol, resolve
-from psbench.runner import run
-from psbench.train import build_optimizer
+from psbench.runs.runner import run
+from psbench.train.loop import build_optimizer
+from psbench.train.optim import BertAdam, bert_warmup_cosine, hf_cosine, psbench_cosine
 from tests.conftest import TINY_SETS
 
 REAL_PROTOCOLS = ["msrvtt-1ka", "msrvtt-1ka-official-selection", "msrvtt-1ka-dsl", "msvd", "msvd-strict-v2t", "lsmdc"]
@@ -151,7 +152,7 @@ def test_videoproxy_sums_the_two_directions():
 
 
 def test_the_runner_builds_videoproxy_with_the_summed_loss():
-    from psbench.runner import build_method
+    from psbench.runs.runner import build_method
 
     cfg = resolve(load_protocol("msrvtt-1ka"), "videoproxy", 0, {"backbone.arch": "psbench-tiny"})
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psbench.backbone import CLIP_MEAN, CLIP_STD
+from psbench.backbone.clip import CLIP_MEAN, CLIP_STD
 from psbench.data.transforms import TRANSFORMS, CropBox, make_transform, random_resized_crop_box
 
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)

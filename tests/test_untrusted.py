@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
-from psbench.backbone import BackboneError, create_clip
-from psbench.checkpoint import UntrustedCheckpointError, read_state_dict
+from psbench.backbone.checkpoint import UntrustedCheckpointError, read_state_dict
+from psbench.backbone.clip import BackboneError, create_clip
 from psbench.cli import app
 from psbench.data.datasets import load_split
 from psbench.data.paths import AnnotationError

@@ -12,10 +12,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from psbench.cli_data import register
-from psbench.data.compress import RECIPE_FILE, CompressSettings, compress_videos, output_size, read_compress_recipe
+from psbench.cli.data import register
+from psbench.data.prepare.compress import (
+    RECIPE_FILE,
+    CompressSettings,
+    compress_videos,
+    output_size,
+    read_compress_recipe,
+)
+from psbench.data.prepare.verify import IncompleteDatasetError, missing_videos, require_videos, verify_dataset
 from psbench.data.split import Caption, RetrievalSplit
-from psbench.data.verify import IncompleteDatasetError, missing_videos, require_videos, verify_dataset
 from psbench.data.video import VideoDecodeError, decode_frames, probe_video
 from psbench.data.video_writer import write_video
 from psbench.protocol import PROTOCOL_DIR
@@ -206,7 +212,7 @@ def _msvd_root(tmp_path: Path) -> tuple[Path, list[str]]:
 def test_verify_on_read_only_root_fails_before_decoding_or_uses_manifest_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import psbench.data.verify as verify_module
+    import psbench.data.prepare.verify as verify_module
 
     root, args = _msvd_root(tmp_path)
     read_only_folder(monkeypatch, root)
@@ -228,7 +234,7 @@ def test_verify_on_read_only_root_fails_before_decoding_or_uses_manifest_path(
 def test_verify_prints_results_when_the_manifest_cannot_be_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from psbench.data.verify import Manifest
+    from psbench.data.prepare.verify import Manifest
 
     root, args = _msvd_root(tmp_path)
 

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-import baselines.videoproxy  # noqa: F401  (registers videoproxy)
 from baselines.videoproxy import masked_block_forward, proxy_attention_mask, temporal_embedding_for
-from psbench.backbone import blocks, create_clip
-from psbench.method import create_method
+from psbench.backbone.clip import blocks, create_clip
+from psbench.catalog import create_method
 
 PATCHES = 16  # psbench-tiny: 32 px frames, 8 px patches
 

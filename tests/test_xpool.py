@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import baselines.xpool  # noqa: F401  (registers xpool)
-from baselines.xpool import XPool, XPoolHead
-from psbench.backbone import create_clip, tokenizer_for
-from psbench.method import Batch, create_method
+from baselines.xpool import XPool, XPoolHead, cosine_with
+from psbench.backbone.clip import create_clip, tokenizer_for
+from psbench.catalog import create_method
+from psbench.method import Batch
 
 D = 64  # psbench-tiny embedding width
 
@@ -195,7 +195,7 @@ def test_norm_fold_at_clip_b32_width():
         query = head.query(text)
         keys, values = head.keys_values(frames, True)
         unit = text / text.norm(dim=-1, keepdim=True)
-        explicit = baselines.xpool.cosine_with(unit, head.pool(query, keys, values, mask, True))
+        explicit = cosine_with(unit, head.pool(query, keys, values, mask, True))
         proj, stats = head.norm_fold_cache(values)
         folded = head.folded_scores(query, unit, keys, mask, proj, stats)
     torch.testing.assert_close(folded, explicit, rtol=0, atol=1e-5)

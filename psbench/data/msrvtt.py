@@ -20,7 +20,7 @@ from typing import Any
 
 from psbench.data.paths import AnnotationError, find_video, safe_video_id
 from psbench.data.split import Caption, RetrievalSplit
-from psbench.jsonio import decode_error_message
+from psbench.files.jsonio import decode_error_message
 
 __all__ = ["AnnotationError", "load_msrvtt_test", "load_msrvtt_train", "read_csv_rows", "video_path"]
 

@@ -36,12 +36,12 @@ from typing import Any
 import av
 import numpy as np
 
-from psbench import atomic
 from psbench.data.msrvtt import load_msrvtt_test, load_msrvtt_train
 from psbench.data.paths import AnnotationError
 from psbench.data.split import RetrievalSplit
 from psbench.data.video_writer import write_video
-from psbench.jsonio import decode_error_message
+from psbench.files import atomic
+from psbench.files.jsonio import decode_error_message
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from psbench.backbone import CLIP_MEAN, CLIP_STD
+from psbench.backbone.clip import CLIP_MEAN, CLIP_STD
 from psbench.registry import Registry
 
 BICUBIC = TF.InterpolationMode.BICUBIC

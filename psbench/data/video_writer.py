@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from psbench.atomic import atomic_path
+from psbench.files.atomic import atomic_path
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: int = 18) -> None:

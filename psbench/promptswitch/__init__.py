@@ -1,7 +1,7 @@
 """Prompt Switch (ICCV 2023): prompt cube + switch, aggregation, caption decoder, and its ablations.
 
-Importing this package registers ``promptswitch``, ``promptswitch-noswitch``, ``promptswitch-noagg``
-and ``promptswitch-nocap`` in ``psbench.method.METHODS``.
+The method and its three ablations are catalogued in ``psbench.catalog`` (the ablations fix one
+option each: ``switch``, ``aggregation`` or ``caption_loss``).
 """
 
 from psbench.promptswitch.aggregation import PromptAggregation, aggregation_heads
@@ -12,16 +12,13 @@ from psbench.promptswitch.captioner import (
     frequent_word_ids,
     weighted_caption_loss,
 )
-from psbench.promptswitch.method import PromptSwitch, PromptSwitchNoAgg, PromptSwitchNoCap, PromptSwitchNoSwitch
+from psbench.promptswitch.method import PromptSwitch
 from psbench.promptswitch.switch import block_forward, switch_prompts
 
 __all__ = [
     "CaptionDecoder",
     "PromptAggregation",
     "PromptSwitch",
-    "PromptSwitchNoAgg",
-    "PromptSwitchNoCap",
-    "PromptSwitchNoSwitch",
     "aggregation_heads",
     "block_forward",
     "caption_class_weights",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psbench.backbone import Tokenizer
+from psbench.backbone.clip import Tokenizer
 
 FREQUENT_WORDS = "in on of to about this that a an the and there here is are . ,"
 

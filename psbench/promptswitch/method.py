@@ -37,16 +37,15 @@ Deviations and choices, recorded by ``extra_state()``:
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from psbench.backbone import BackboneError, blocks, embed_frames, head
+from psbench.backbone.clip import BackboneError, blocks, embed_frames, head
+from psbench.backbone.flops import MAC_TO_FLOP, ViTShape, vit_image_macs
 from psbench.distributed import gather_encoded, is_distributed, local_share
 from psbench.method import (
-    METHODS,
     Batch,
     Encoded,
     RetrievalMethod,
@@ -83,14 +82,12 @@ def _check_visual(visual: nn.Module) -> int:
     return int(visual.class_embedding.shape[-1])
 
 
-@METHODS.register("promptswitch")
 class PromptSwitch(RetrievalMethod):
-    """Prompt cube + per-layer switch + prompt aggregation + caption loss on an open_clip ViT CLIP."""
+    """Prompt cube + per-layer switch + prompt aggregation + caption loss on an open_clip ViT CLIP.
 
-    name: ClassVar[str] = "promptswitch"
-
-    #: option values fixed by an ablation variant (empty for the full method)
-    fixed_options: ClassVar[dict[str, Any]] = {}
+    The ablations ``promptswitch-noswitch`` (``switch=False``), ``-noagg`` (``aggregation=False``) and
+    ``-nocap`` (``caption_loss=False``) are catalogue entries over this class (``psbench.catalog``).
+    """
 
     def __init__(
         self,
@@ -262,37 +259,15 @@ class PromptSwitch(RetrievalMethod):
             ],
         }
 
-
-def _variant(name: str, class_name: str, doc: str, **fixed: Any) -> type[PromptSwitch]:
-    """Register a subclass of PromptSwitch with some options fixed (and removed from its signature)."""
-    base_sig = inspect.signature(PromptSwitch.__init__)
-    params = [p for p in base_sig.parameters.values() if p.name not in fixed]
-
-    def __init__(self: PromptSwitch, clip: nn.Module, **options: Any) -> None:
-        clash = sorted(set(options) & set(fixed))
-        if clash:
-            raise ValueError(f"method {name!r} fixes option(s) {', '.join(clash)}; do not pass them")
-        PromptSwitch.__init__(self, clip, **options, **fixed)
-
-    __init__.__signature__ = base_sig.replace(parameters=params)  # type: ignore[attr-defined]
-    namespace = {"__init__": __init__, "__doc__": doc, "fixed_options": fixed, "name": name}
-    cls = type(class_name, (PromptSwitch,), namespace)
-    METHODS.add(name, cls)
-    return cls
-
-
-PromptSwitchNoSwitch = _variant(
-    "promptswitch-noswitch",
-    "PromptSwitchNoSwitch",
-    "Ablation: no switch; prompts stay per frame, frames never interact.",
-    switch=False,
-)
-PromptSwitchNoAgg = _variant(
-    "promptswitch-noagg",
-    "PromptSwitchNoAgg",
-    "Ablation: no aggregation; the class token goes straight to ln_post + proj.",
-    aggregation=False,
-)
-PromptSwitchNoCap = _variant(
-    "promptswitch-nocap", "PromptSwitchNoCap", "Ablation: no caption decoder or caption loss.", caption_loss=False
-)
+    def offline_flops_per_video(self, frames: int) -> int:
+        """F frame passes with ``num_prompts`` prompt tokens each, + the aggregation MHA per chunk."""
+        shape = ViTShape.from_visual(self.clip.visual)
+        npr, w = self.num_prompts, shape.width
+        macs = frames * vit_image_macs(shape, extra_tokens=npr)["total"]
+        if self.use_aggregation:
+            keys_per_query = npr * npr if self.switch else npr
+            chunks_keys = (frames // npr) * npr * npr if self.switch else frames * npr
+            macs += frames * w * w * 2  # q and out projections, one class token per frame
+            macs += chunks_keys * w * w * 2  # k and v projections of the prompts
+            macs += 2 * frames * keys_per_query * w  # scores + weighted values
+        return MAC_TO_FLOP * macs

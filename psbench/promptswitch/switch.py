@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from psbench.backbone import BackboneError
+from psbench.backbone.clip import BackboneError
 
 
 def switch_prompts(h: Tensor, num_tokens: int, num_prompts: int) -> Tensor:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from psbench.atomic import atomic_path
+from psbench.files import atomic
+from psbench.files.atomic import atomic_path
 from psbench.report import collect, tables
 from psbench.report.compare import all_comparisons
 from psbench.report.document import Bullets, Document, Figure, Heading, Paragraph
@@ -18,7 +19,6 @@ from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.markdown import render_markdown
 from psbench.report.quality import StatsConfig, group_quality
 from psbench.report.references import references_for
-from psbench.runs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def build_report(
     out = Path(out)
     content = assemble(runs_dirs, out, protocols, efficiency, stats, title, cross_machine)
     markdown_path = out / "report.md"
-    atomic_write_text(markdown_path, render_markdown(content.document, out))
+    atomic.write_text(markdown_path, render_markdown(content.document, out))
     pdf_path, pages = None, 0
     if pdf:
         from psbench.report.pdf import render_pdf

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from psbench.metrics import QueryRanks, metrics_from_ranks, per_query_recall, rank_positions
-from psbench.run_record import UNRECORDED, open_run
-from psbench.runs import list_runs, read_json
+from psbench.files import jsonio
+from psbench.retrieval.metrics import QueryRanks, metrics_from_ranks, per_query_recall, rank_positions
+from psbench.runs.dirs import list_runs
+from psbench.runs.record import UNRECORDED, open_run
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Run:
             path = self.path / "ranks.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{self.path}: no ranks.json (per-query ranks are needed for CIs and tests)")
-            self._ranks = read_json(path)
+            self._ranks = jsonio.read_json(path)
         return QueryRanks.from_dict(self._ranks[direction])
 
     def caption_video(self) -> list[int] | None:
@@ -152,7 +153,7 @@ class Run:
 
 def load_run(path: Path) -> Run:
     """metrics.json, config.json, environment.json and every eval_*.json of one finished run directory
-    (read by :func:`psbench.run_record.open_run`, as every command reads a run)."""
+    (read by :func:`psbench.runs.record.open_run`, as every command reads a run)."""
     record = open_run(path)
     if record.metrics is None:
         raise FileNotFoundError(f"{path} is not a finished run (no metrics.json)")

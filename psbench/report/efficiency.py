@@ -1,7 +1,7 @@
 """The efficiency section: tables and a re-plotted latency-vs-gallery figure from ``efficiency.json``.
 
 Measured and extrapolated points are kept apart everywhere: extrapolated latencies (a least-squares
-fit ``latency = a N`` over the measured points, see ``psbench.efficiency``) are marked in the tables
+fit ``latency = a N`` over the measured points, see ``psbench.efficiency.measure``) are marked in the tables
 and drawn hollow with dashed lines in the plot.
 """
 
@@ -15,9 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from psbench.files import jsonio  # noqa: E402
 from psbench.report.document import Figure, Heading, Paragraph, Row, Table  # noqa: E402
 from psbench.report.figures import method_color  # noqa: E402
-from psbench.runs import read_json  # noqa: E402
 
 DASH = "–"
 
@@ -28,7 +28,7 @@ def load_efficiency(path: Path) -> tuple[dict[str, Any], Path]:
     file = path / "efficiency.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no efficiency.json (write one with `psbench efficiency --out DIR`)")
-    data = read_json(file)
+    data = jsonio.read_json(file)
     if data.get("kind") != "psbench-efficiency":
         raise ValueError(f"{file} is not a psbench efficiency result (kind={data.get('kind')!r})")
     return data, file
