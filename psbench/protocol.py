@@ -201,23 +201,31 @@ class RunConfig:
     def protocol_hash(self) -> str:
         """Hash of every setting that can move a score (not the seed, worker counts or paths)."""
         d = self.to_dict()
-        d.pop("seed")
-        d.pop("reference")
-        d["data"].pop("root")
-        d["data"].pop("skip_missing")
-        d["data"].pop("test_videos")  # a check of the input, not a setting: never moves a score
-        d["train"].pop("num_workers")
+        for key in SCORE_NEUTRAL_KEYS:
+            section, _, name = key.rpartition(".")
+            (d[section] if section else d).pop(name)
         if not d["train"]["skip_corrupt"]:  # the default leaves the hash of existing protocols unchanged
             d["train"].pop("skip_corrupt")
         for key, default in RECIPE_DEFAULTS.items():  # likewise for the training-recipe choices
             if d["train"].get(key) == default:
                 d["train"].pop(key)
-        d["test"].pop("num_workers")
-        d["backbone"].pop("weights")
         if not d["backbone"]["interpolate_pos_embed"]:  # the default leaves existing hashes unchanged
             d["backbone"].pop("interpolate_pos_embed")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+
+#: config keys that never move a score: left out of the protocol hash and of the report's "what differs" labels
+#: (``data.test_videos`` is a check of the input; ``backbone.weights`` is a path, its sha256 is recorded apart)
+SCORE_NEUTRAL_KEYS = (
+    "seed",
+    "reference",
+    "data.root",
+    "data.skip_missing",
+    "data.test_videos",
+    "train.num_workers",
+    "test.num_workers",
+    "backbone.weights",
+)
 
 _SECTIONS = {"data": DataConfig, "backbone": BackboneConfig, "train": TrainConfig, "test": TestConfig}
 _TOP_KEYS = {"name", "version", "description", "seeds", "method", "reference", *_SECTIONS}
@@ -233,13 +241,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     obj = cls()
     for key, value in values.items():
         current = getattr(obj, key)
-        value = _coerce(value, current, f"{where}{key}")
+        value = coerce_setting(value, current, f"{where}{key}")
         _check_rules(fields[key].metadata.get("rules", {}), value, f"{where}{key}")
         setattr(obj, key, value)
     return obj
 
 
-def _coerce(value: Any, current: Any, where: str) -> Any:
+def coerce_setting(value: Any, current: Any, where: str) -> Any:
+    """``value`` as the kind of ``current`` (bool, int, float, str, tuple, list, table), else a ProtocolError."""
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ProtocolError(f"{where}: expected true/false, got {value!r}")

@@ -100,9 +100,10 @@ def test_runs_with_different_weights_are_two_rows(
     # psbench table: two rows, each with its weights hash, seeds 1 (not "seeds 2" of one merged row)
     result = CliRunner().invoke(app, ["table", str(runs)], terminal_width=250)
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if "meanpool" in line]
-    assert len(rows) == 2
-    assert any(ha["weights"][:8] in r for r in rows) and any(hb["weights"][:8] in r for r in rows)
+    t2v_table = result.output.split("text-to-video (t2v)")[1].split("video-to-text (v2t)")[0]
+    rows = [line for line in t2v_table.splitlines() if line.startswith("│ meanpool ")]
+    assert len(rows) == 2 and all("│     1 │" in r for r in rows)
+    assert all(f"weights {h['weights'][:8]}" in t2v_table for h in (ha, hb))  # each row labelled by its weights
 
     # psbench report: two rows, labelled by their weights, named as a split
     content = assemble([runs], tmp_path / "report", stats=FAST)

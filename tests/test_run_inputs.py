@@ -189,7 +189,7 @@ def test_table_refuses_repeated_seeds_naming_the_runs(repeated: tuple[list[Path]
     folders, dirs = repeated
     result = CliRunner().invoke(app, ["table", *map(str, folders)], terminal_width=2000)
     text = _text(result)
-    assert result.exit_code == 2 and "repeated seeds" in text and "seed 1 in 3 runs" in text
+    assert result.exit_code == 2 and "repeated seeds" in text and "seed 1 appears in 3 runs" in text
     assert _names(result, *dirs)
 
 

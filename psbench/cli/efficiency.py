@@ -3,116 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from psbench.cli import _common as policy
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def _flops(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g} FLOP"
-
-
-def _print_efficiency(result: dict[str, Any]) -> None:
-    console = policy.console
-    q = result["config"]["queries"]
-    table = Table(title=f"online stage per query (similarity + top-k), Q = {q}; * = extrapolated")
-    for col in (
-        "method",
-        "N",
-        "status",
-        "queries timed",
-        "latency/query",
-        f"all {q} queries",
-        "GFLOP/s",
-        "sim FLOPs/query",
-        "peak mem",
-    ):
-        table.add_column(col, justify="left" if col in ("method", "status") else "right")
-    for name, res in result["methods"].items():
-        for p in res["points"]:
-            lat = p["latency_per_query_s"]
-            star = "*" if p["status"] != "measured" else ""
-            table.add_row(
-                name,
-                str(p["gallery"]),
-                p["status"] + (f" ({p['reason']})" if p["reason"] else ""),
-                str(p["queries_timed"]),
-                _seconds(lat["median"] if lat else None) + star,
-                _seconds(p["latency_query_set_s"]) + ("*" if p["query_set_extrapolated"] else ""),
-                f"{p['gflops_per_s']:.1f}" if p["gflops_per_s"] else "-",
-                _flops(p["extra"].get("similarity_flops_per_query_closed_form")),
-                f"{p['peak_memory_bytes'] / 2**20:.1f} MiB" if p["peak_memory_bytes"] is not None else "-",
-            )
-    console.print(table)
-    for name, res in result["methods"].items():
-        console.print(f"top-k path of {name}: {res['online'].get('topk_path', '-')}")
-    costs = Table(title="FLOPs (2 x MAC): fvcore vs closed form; offline per video, text per query, online per pair")
-    for col in (
-        "method",
-        "offline fvcore",
-        "offline closed",
-        "offline latency",
-        "bytes/video",
-        "text fvcore",
-        "text closed",
-        "text latency",
-        "pair fvcore",
-        "pair closed",
-    ):
-        costs.add_column(col, justify="left" if col == "method" else "right")
-    for name, res in result["methods"].items():
-        off, txt, onl = res["offline"], res["text"], res["online"]
-        costs.add_row(
-            name,
-            _flops(off["flops_fvcore"]),
-            _flops(off["flops_closed_form"]),
-            _seconds(off["latency_s"]["median"]),
-            str(off["bytes_per_video"]),
-            _flops(txt["flops_per_query_fvcore"]),
-            _flops(txt["flops_per_query_closed_form"]),
-            _seconds(txt["latency_per_query_s"]),
-            _flops(onl["flops_per_pair_fvcore"]),
-            _flops(onl["flops_per_pair_closed_form"]),
-        )
-    console.print(costs)
-    for key, form in (("xpool_folded_vs_promptswitch", "xpool-folded"), ("xpool_vs_promptswitch", "xpool")):
-        rows = result.get(key) or []
-        if not rows:
-            continue
-        label = "cheapest exact form, the fair headline" if form != "xpool" else "reference form, as the official code"
-        ratio = Table(title=f"{form} ({label}) online cost per query relative to Prompt Switch")
-        for col in ("N", form, "promptswitch", "ratio", "repeat min-max", "status"):
-            ratio.add_column(col, justify="right")
-        for row in rows:
-            spread = row.get("ratio_spread")
-            ratio.add_row(
-                str(row["gallery"]),
-                _seconds(row[f"{form}_s_per_query"]),
-                _seconds(row["promptswitch_s_per_query"]),
-                f"{row['ratio']:.1f}x" if row["ratio"] else "-",
-                f"{spread['min']:.1f}-{spread['max']:.1f}x" if spread else "-",
-                row["status"],
-            )
-        console.print(ratio)
-    if result.get("xpool_forms"):
-        policy.print_line(result["xpool_forms"])
 
 
 def efficiency(
@@ -143,6 +38,14 @@ def efficiency(
         ),
     ] = "auto",
     out: Annotated[Path | None, typer.Option(help="Write efficiency.json + scaling plot (PNG, PDF) here.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override any setting of the measurement (queries=500, block_videos=8192) or a method's option "
+            "(options.xpool.num_heads=4); applied after the options above.",
+        ),
+    ] = None,
 ) -> None:
     """FLOPs, latency and memory of the online similarity stage (and of the offline and text stages).
 
@@ -154,8 +57,12 @@ def efficiency(
     Example (sweep to 1M videos on a GPU):
     `psbench efficiency --sweep --gallery 1000000 --device cuda --dtype fp16 --out reports/eff_gpu`
     """
-    from psbench.efficiency.measure import EfficiencyConfig, run_efficiency
+    from psbench.efficiency.config import EfficiencyConfig, apply_sets
+    from psbench.efficiency.measure import run_efficiency
     from psbench.progress import RichProgress
+    from psbench.protocol import parse_set
+    from psbench.report.efficiency import efficiency_tables
+    from psbench.report.terminal import render_terminal
 
     if out is not None:
         policy.check_output_dir(out, "--out")
@@ -178,9 +85,10 @@ def efficiency(
         threads=threads,
         prefilter=prefilter,
     )
+    cfg = apply_sets(cfg, parse_set(set_ or []))
     with RichProgress(console=policy.err_console) as progress:
         result = run_efficiency(cfg, out, progress)
-    _print_efficiency(result)
+    render_terminal(efficiency_tables(result), policy.console)
     if out is not None:
         policy.print_line(f"written {out / 'efficiency.json'} and {out / 'efficiency_scaling.png'} (.pdf)")
 

@@ -1,4 +1,4 @@
-"""``psbench table`` and ``psbench report``: finished runs as the terminal table and as the report."""
+"""``psbench table`` and ``psbench report``: finished runs as the report's tables on the terminal, and as the report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from psbench.cli import _common as policy
 
@@ -14,42 +13,39 @@ from psbench.cli import _common as policy
 @policy.guarded
 def table(
     runs: Annotated[list[Path] | None, typer.Argument(help="Run directories or folders of runs.")] = None,
+    protocol: Annotated[
+        list[str] | None, typer.Option("--protocol", "-p", help="Only these protocol(s) (repeatable).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.", min=100)] = 2000,
 ) -> None:
-    """Print the results of finished runs: mean ± std over distinct seeds per protocol, method and inputs.
+    """Print the report's quality tables of finished runs: mean ± std over distinct seeds and a bootstrap CI.
 
-    Runs with a different protocol hash, test data or CLIP weights (sha256) are separate rows; a seed repeated
-    within a row is an error naming the run directories. Example: `psbench table runs/`
+    Rows are grouped exactly as in `psbench report`: runs with a different protocol hash, test data or CLIP
+    weights (sha256) are separate rows; a seed repeated within a row is an error naming the run directories.
+    Example: `psbench table runs/`
     """
-    print_results(runs or [Path("runs")])
+    print_results(runs or [Path("runs")], protocol, resamples)
 
 
-def print_results(runs: list[Path]) -> None:
-    """The results table of ``psbench table`` (also printed at the end of ``psbench bench``)."""
-    from psbench.runs.summary import format_cell, load_runs, summarize
+def print_results(runs: list[Path], protocols: list[str] | None = None, resamples: int = 2000) -> None:
+    """The results tables of ``psbench table`` (also printed at the end of ``psbench bench``)."""
+    from psbench.report.build import results_tables
+    from psbench.report.quality import StatsConfig
+    from psbench.report.terminal import render_terminal
 
-    df = summarize(load_runs(runs))
-    if df.empty:
-        policy.fail("no finished runs found")
-    for (protocol, phash), group in df.groupby(["protocol", "protocol_hash"], sort=False):
-        t = Table(title=f"{protocol} (protocol hash {phash})")
-        t.add_column("method")
-        t.add_column("test data")
-        t.add_column("weights")
-        t.add_column("epochs", justify="right")
-        t.add_column("seeds", justify="right")
-        for d in ("t2v", "v2t"):
-            for k in ("R1", "R5", "R10", "MdR", "MnR"):
-                t.add_column(f"{d} {k}", justify="right")
-        t.add_column("order acc.", justify="right")
-        for _, row in group.iterrows():
-            hashes = [str(row["test_data_hash"])[:8], str(row["weights_hash"])[:8]]
-            cells = [row["method"], *hashes, str(row["epochs"]), str(row["seeds"])]
-            for d in ("t2v", "v2t"):
-                for k in ("R1", "R5", "R10", "MdR", "MnR"):
-                    cells.append(format_cell(row[f"{d}_{k}"], row[f"{d}_{k}_std"], row["seeds"]))
-            cells.append(format_cell(row["order_accuracy"], row["order_accuracy_std"], row["seeds"]))
-            t.add_row(*cells)
-        policy.console.print(t)
+    results = results_tables(runs, protocols, StatsConfig(resamples=resamples))
+    if not results.runs:
+        policy.fail("no finished runs found" + (f" for protocol(s) {', '.join(protocols)}" if protocols else ""))
+    if results.repeated_seeds:
+        policy.fail(
+            "repeated seeds: a row's seeds must be distinct (remove or move the extra run directories): "
+            + "; ".join(r.message() for r in results.repeated_seeds)
+        )
+    render_terminal(results.blocks, policy.console)
+    for conflict in results.conflicts:
+        policy.print_note("hash conflict, split into separate rows", conflict.message())
+    for problem in results.problems:
+        policy.print_note("consistency", problem)
 
 
 REPORT_HELP = (

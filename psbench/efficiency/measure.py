@@ -40,6 +40,7 @@ from psbench.backbone import flops as towers
 from psbench.backbone.clip import create_clip, tokenizer_for
 from psbench.catalog import create_method, efficiency_methods, method_entry
 from psbench.efficiency import flops
+from psbench.efficiency.config import DTYPES, EfficiencyConfig
 from psbench.files import atomic
 from psbench.method import Encoded, RetrievalMethod
 from psbench.progress import Progress, SilentProgress
@@ -49,62 +50,12 @@ from psbench.runs.dirs import environment
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SYNTHETIC_NOTE = (
     "gallery and query encodings are random values with the exact keys, per-item shapes and dtypes that "
     "encode_video / encode_text return (non-float tensors copy one real item); latency and memory do not "
     "depend on the values, retrieval results are meaningless"
 )
 FLOP_NOTE = "FLOPs = 2 x multiply-adds; fvcore counts one multiply-add as one flop and is converted x2 here"
-
-
-# -- configuration -------------------------------------------------------------------------------------
-@dataclass
-class EfficiencyConfig:
-    """What to measure. ``methods=None`` takes the catalogue's methods, inference forms and chance floor
-    (not the ablations)."""
-
-    methods: list[str] | None = None
-    arch: str = "ViT-B-32-quickgelu"
-    frames: int = 12
-    queries: int = 1000
-    gallery: int = 100_000
-    sweep: bool = False
-    min_gallery: int = 1000
-    points_per_decade: int = 2
-    ratio_galleries: tuple[int, ...] = (1000, 10_000, 100_000)
-    budget_s: float = 60.0
-    max_gallery_bytes: int | None = None  # None: min(8 GiB, half the available memory of the device)
-    device: str = "cpu"
-    dtype: str = "fp32"
-    k: int = 10
-    warmup: int = 1
-    repeats: int = 3
-    offline_repeats: int = 3
-    text_queries: int = 64
-    block_queries: int = 1024
-    block_videos: int = 16384
-    fvcore_queries: int = 4
-    fvcore_videos: int = 64
-    seed: int = 0
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    prefilter: str = "auto"  # engine.topk's bfloat16 prefilter: auto | bf16 | off (exact either way)
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        for name in ("frames", "queries", "gallery", "min_gallery", "repeats", "k", "text_queries"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prefilter not in engine.PREFILTERS:
-            raise ValueError(f"prefilter {self.prefilter!r}; valid: {', '.join(engine.PREFILTERS)}")
-        if self.budget_s <= 0:
-            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
-        smallest = min(self.min_gallery, self.gallery) if self.sweep else self.gallery
-        if self.k > smallest:
-            raise ValueError(
-                f"k={self.k} is more than the smallest gallery measured (N={smallest}); use k <= {smallest}"
-            )
 
 
 def gallery_sizes(largest: int, sweep: bool, smallest: int = 1000, per_decade: int = 2) -> list[int]:
@@ -337,9 +288,11 @@ def bytes_per_item(template: Encoded, dtype: torch.dtype) -> int:
 
 
 # -- the stages -----------------------------------------------------------------------------------------
-def build_method(name: str, arch: str, device: torch.device, dtype: torch.dtype) -> RetrievalMethod:
-    """A randomly initialised method (weights do not change cost) cast to ``dtype`` on ``device``."""
-    method = create_method(name, create_clip(arch))
+def build_method(
+    name: str, arch: str, device: torch.device, dtype: torch.dtype, options: dict[str, Any] | None = None
+) -> RetrievalMethod:
+    """A randomly initialised method (weights do not change cost) with its ``options``, cast to ``dtype``."""
+    method = create_method(name, create_clip(arch), options)
     return method.to(device=device, dtype=dtype).eval()
 
 
@@ -585,7 +538,7 @@ def measure_method(
     advance = advance or (lambda n=1, **info: None)
     dtype = DTYPES[cfg.dtype]
     log.info("efficiency: %s", name)
-    method = build_method(name, cfg.arch, device, dtype)
+    method = build_method(name, cfg.arch, device, dtype, cfg.options.get(name))
     offline, video = offline_stage(method, cfg, device, dtype)
     advance(1, step=f"{name} offline")
     text_info, text = text_stage(method, cfg, device)

@@ -12,12 +12,12 @@ from psbench.files import atomic
 from psbench.files.atomic import atomic_path
 from psbench.report import collect, tables
 from psbench.report.compare import all_comparisons
-from psbench.report.document import Bullets, Document, Figure, Heading, Paragraph
+from psbench.report.document import Block, Bullets, Document, Figure, Heading, Paragraph
 from psbench.report.efficiency import efficiency_blocks
 from psbench.report.figures import recall_ci_plot, training_curves
 from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.markdown import render_markdown
-from psbench.report.quality import StatsConfig, group_quality
+from psbench.report.quality import GroupQuality, StatsConfig, group_quality
 from psbench.report.references import references_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,56 @@ def _method_notes(cfg: StatsConfig) -> Bullets:
     )
 
 
+def quality_blocks(
+    protocol: str, groups: list[collect.Group], qualities: list[GroupQuality], cfg: StatsConfig
+) -> list[Block]:
+    """A protocol's heading, its machines and the quality table of each direction (ours + published)."""
+    references, source = references_for(protocol, groups)
+    versions = sorted({str(r.metrics.get("protocol_version")) for g in groups for r in g.runs})
+    blocks: list[Block] = [
+        Heading(f"Protocol {protocol} (version {', '.join(versions)})", 2),
+        machines_paragraph(protocol, [r for g in groups for r in g.runs]),
+    ]
+    for direction in collect.DIRECTIONS:
+        blocks.append(tables.quality_table(protocol, direction, qualities, references, source, cfg.level))
+    return blocks
+
+
+def _by_protocol(groups: list[collect.Group]) -> dict[str, list[collect.Group]]:
+    by_protocol: dict[str, list[collect.Group]] = {}
+    for group in groups:
+        by_protocol.setdefault(group.protocol, []).append(group)
+    return by_protocol
+
+
+@dataclass
+class Results:
+    """The results tables of ``psbench table``: the report's quality and order-accuracy tables, no figures."""
+
+    blocks: list[Block]
+    runs: int
+    conflicts: list[collect.Conflict]
+    repeated_seeds: list[collect.RepeatedSeed]
+    problems: list[str]
+
+
+def results_tables(
+    runs_dirs: Iterable[Path], protocols: Iterable[str] | None = None, stats: StatsConfig | None = None
+) -> Results:
+    """Collect and group runs exactly as the report does, and build each protocol's quality tables."""
+    cfg = stats or StatsConfig()
+    runs = collect.load([Path(p) for p in runs_dirs], list(protocols) if protocols else None)
+    groups, conflicts, repeated = collect.group_runs(runs)
+    problems = [p for run in runs for p in collect.check_recorded_metrics(run)]
+    blocks: list[Block] = []
+    for protocol, members in _by_protocol(groups).items():
+        blocks.extend(quality_blocks(protocol, members, [group_quality(g, cfg) for g in members], cfg))
+        order = tables.order_accuracy_table(protocol, members)
+        if order is not None:
+            blocks.append(order)
+    return Results(blocks, len(runs), conflicts, repeated, problems)
+
+
 def _protocol_section(
     protocol: str,
     groups: list[collect.Group],
@@ -68,12 +118,8 @@ def _protocol_section(
     other_machine: list[collect.Run],
 ) -> None:
     qualities = [group_quality(g, cfg) for g in groups]
-    references, source = references_for(protocol, groups)
-    versions = sorted({str(r.metrics.get("protocol_version")) for g in groups for r in g.runs})
-    doc.add(Heading(f"Protocol {protocol} (version {', '.join(versions)})", 2))
-    doc.add(machines_paragraph(protocol, [r for g in groups for r in g.runs]))
-    for direction in collect.DIRECTIONS:
-        doc.add(tables.quality_table(protocol, direction, qualities, references, source, cfg.level))
+    references, _ = references_for(protocol, groups)
+    doc.add(*quality_blocks(protocol, groups, qualities, cfg))
     plot = recall_ci_plot(protocol, qualities, references, out)
     if plot is not None:
         figures.append(plot)
@@ -176,9 +222,7 @@ def assemble(
     if problems:
         doc.add(Heading("Consistency problems", 2), Bullets(problems))
     figures: list[Path] = []
-    by_protocol: dict[str, list[collect.Group]] = {}
-    for group in groups:
-        by_protocol.setdefault(group.protocol, []).append(group)
+    by_protocol = _by_protocol(groups)
     for protocol, members in by_protocol.items():
         _protocol_section(protocol, members, cfg, out, doc, figures, other_machine)
     if efficiency:

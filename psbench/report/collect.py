@@ -22,16 +22,21 @@ from typing import Any
 import numpy as np
 
 from psbench.files import jsonio
-from psbench.retrieval.metrics import QueryRanks, metrics_from_ranks, per_query_recall, rank_positions
+from psbench.protocol import SCORE_NEUTRAL_KEYS
+from psbench.retrieval.metrics import (
+    DIRECTIONS,
+    METRIC_KEYS,
+    QueryRanks,
+    metrics_from_ranks,
+    per_query_recall,
+    rank_positions,
+)
 from psbench.runs.dirs import list_runs
 from psbench.runs.record import UNRECORDED, open_run
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("t2v", "v2t")
-METRICS = ("R1", "R5", "R10", "MdR", "MnR")
-#: config keys that never move a score (left out of the "what differs" labels)
-_IGNORED_CONFIG_KEYS = ("seed", "reference", "data.root", "data.skip_missing", "train.num_workers", "test.num_workers")
+METRICS = METRIC_KEYS  # the report's name for the one list of metric keys
 
 
 @dataclass
@@ -294,7 +299,7 @@ def _variant_labels(groups: list[Group], max_keys: int = 4) -> None:
     differing = [
         k
         for k in keys
-        if not k.startswith(_IGNORED_CONFIG_KEYS) and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1
+        if not k.startswith(SCORE_NEUTRAL_KEYS) and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1
     ]
     data_differs = len({g.test_data_hash for g in groups}) > 1
     weights_differ = len({g.weights_hash for g in groups}) > 1

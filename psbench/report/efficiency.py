@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from psbench.files import jsonio  # noqa: E402
-from psbench.report.document import Figure, Heading, Paragraph, Row, Table  # noqa: E402
+from psbench.report.document import Block, Figure, Heading, Paragraph, Row, Table  # noqa: E402
 from psbench.report.figures import method_color  # noqa: E402
 
 DASH = "–"
@@ -116,6 +116,24 @@ def stage_table(data: dict[str, Any]) -> Table:
     return Table(f"Cost per stage: {setting(data)}", columns, rows, notes)
 
 
+def flops_table(data: dict[str, Any]) -> Table:
+    """fvcore's count beside the closed form, per stage: where they differ, the note in efficiency.json says why."""
+    rows = []
+    for name, res in data["methods"].items():
+        off, text, online = res["offline"], res["text"], res["online"]
+        pairs = (
+            (off.get("flops_fvcore"), off.get("flops_closed_form")),
+            (text.get("flops_per_query_fvcore"), text.get("flops_per_query_closed_form")),
+            (online.get("flops_per_pair_fvcore"), online.get("flops_per_pair_closed_form")),
+        )
+        rows.append(Row([name, *(f"{count(a, 'FLOP')}\n{count(b, 'FLOP')}" for a, b in pairs)]))
+    columns = ["method", "video encoding\nper video", "text encoding\nper query", "similarity\nper pair"]
+    notes = [
+        "Each cell: fvcore's count (first line) and the closed form (second line). " + data.get("flop_convention", "")
+    ]
+    return Table(f"FLOPs, fvcore vs closed form: {setting(data)}", columns, rows, notes)
+
+
 def latency_table(data: dict[str, Any]) -> Table:
     sizes = sorted({p["gallery"] for res in data["methods"].values() for p in res["points"]})
     rows = []
@@ -160,7 +178,7 @@ def ratio_table(data: dict[str, Any]) -> Table | None:
         cells = [f"{n:,}", seconds(first.get("promptswitch_s_per_query"))]
         for form in forms:
             r = by_form[form].get(n, {})
-            cells += [seconds(r.get(f"{form}_s_per_query")), DASH if r.get("ratio") is None else f"{r['ratio']:.0f}x"]
+            cells += [seconds(r.get(f"{form}_s_per_query")), _ratio_cell(r)]
         cells.append(first["status"])
         rows.append(Row(cells))
     columns = ["gallery N", "promptswitch / query"]
@@ -173,6 +191,15 @@ def ratio_table(data: dict[str, Any]) -> Table | None:
         else ["X-Pool in its reference form only (this result predates the folded form)."]
     )
     return Table(f"X-Pool vs Prompt Switch online latency: {setting(data)}", columns, rows, notes)
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    """The ratio of medians, and the spread of the per-repeat ratios where it was recorded."""
+    if row.get("ratio") is None:
+        return DASH
+    spread = row.get("ratio_spread")
+    head = f"{row['ratio']:.0f}x"
+    return f"{head}\nrepeats {spread['min']:.1f}-{spread['max']:.1f}x" if spread else head
 
 
 def scaling_plot(data: dict[str, Any], path: Path) -> Path:
@@ -201,18 +228,27 @@ def scaling_plot(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def efficiency_blocks(sources: list[Path], out: Path) -> list[Any]:
+def efficiency_tables(data: dict[str, Any]) -> list[Block]:
+    """The tables of one efficiency result (the report's, and what ``psbench efficiency`` prints)."""
+    blocks: list[Block] = [
+        Paragraph(data.get("online_stage", "")),
+        stage_table(data),
+        flops_table(data),
+        latency_table(data),
+    ]
+    ratio = ratio_table(data)
+    if ratio is not None:
+        blocks.append(ratio)
+    return blocks
+
+
+def efficiency_blocks(sources: list[Path], out: Path) -> list[Block]:
     """Heading, tables and plot for each efficiency result, in the order given."""
-    blocks: list[Any] = [Heading("Efficiency of the similarity stage", 2)]
+    blocks: list[Block] = [Heading("Efficiency of the similarity stage", 2)]
     for i, source in enumerate(sources):
         data, file = load_efficiency(source)
         blocks.append(Heading(f"{data['config']['device']} {data['config']['dtype']} ({file})", 3))
-        blocks.append(Paragraph(data.get("online_stage", "")))
-        blocks.append(stage_table(data))
-        blocks.append(latency_table(data))
-        ratio = ratio_table(data)
-        if ratio is not None:
-            blocks.append(ratio)
+        blocks.extend(efficiency_tables(data))
         plot = scaling_plot(data, out / f"efficiency_{i}.png")
         blocks.append(
             Figure(
