@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-
-def _shared_annotations() -> Path:
-    """The real annotation files: $PSBENCH_ANNOTATIONS, else ../shared beside the checkout, else /work/shared."""
-    candidates = [os.environ.get("PSBENCH_ANNOTATIONS", ""), Path(__file__).resolve().parents[2] / "shared"]
-    for base in [*candidates, "/work/shared"]:
-        if base and (Path(base) / "annotations").is_dir():
-            return Path(base) / "annotations"
-        if base and Path(base).name == "annotations" and Path(base).is_dir():
-            return Path(base)
-    return Path("/work/shared/annotations")
+from tests.paths import SHARED_ANNOTATIONS
 
 
-#: the real annotation files (read in place, never copied into the project)
-SHARED_ANNOTATIONS = _shared_annotations()
+def pytest_report_header() -> str:
+    found = "found" if SHARED_ANNOTATIONS.is_dir() else "MISSING: set PSBENCH_ANNOTATIONS to the annotations folder"
+    return f"psbench annotations: {SHARED_ANNOTATIONS} ({found})"
 
 
 #: what the CLI tests see as their terminal, whatever the developer's or CI's terminal is

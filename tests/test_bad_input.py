@@ -186,7 +186,7 @@ def _protocol_data(name: str):
     [("msrvtt-1ka", 1000), ("msvd", 670), ("lsmdc", 1000), ("lsmdc-999", 999)],
 )
 def test_real_protocols_accept_their_full_test_file(protocol: str, expected: int) -> None:
-    from tests.conftest import SHARED_ANNOTATIONS
+    from tests.paths import SHARED_ANNOTATIONS
 
     cfg = _protocol_data(protocol)
     root = SHARED_ANNOTATIONS / cfg.dataset
@@ -198,7 +198,7 @@ def test_real_protocols_accept_their_full_test_file(protocol: str, expected: int
 
 def test_truncated_lsmdc_test_file_is_an_error_naming_file_and_counts(tmp_path: Path) -> None:
     from psbench.data.datasets import SplitSizeError
-    from tests.conftest import SHARED_ANNOTATIONS
+    from tests.paths import SHARED_ANNOTATIONS
 
     source = SHARED_ANNOTATIONS / "lsmdc" / "LSMDC16_challenge_1000_publictect.csv"
     if not source.is_file():

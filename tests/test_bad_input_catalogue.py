@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
 from psbench.runs.runner import run
-from tests.conftest import SHARED_ANNOTATIONS, TINY_SETS, read_only_folder
+from tests.conftest import TINY_SETS, read_only_folder
+from tests.paths import SHARED_ANNOTATIONS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from psbench.method import Encoded, RetrievalMethod
@@ -20,55 +20,7 @@ from psbench.retrieval.engine import (
     slice_encoded,
     topk,
 )
-
-D, F = 8, 4
-
-
-class ToyMeanPool(RetrievalMethod):
-    """Video = masked mean of a linear map of the pixels; text = embedding of the first token."""
-
-    def __init__(self) -> None:
-        super().__init__(nn.Identity())
-        gen = torch.Generator().manual_seed(0)
-        self.proj = nn.Parameter(torch.randn(3 * 2 * 2, D, generator=gen))
-        self.embed = nn.Parameter(torch.randn(50, D, generator=gen))
-        self.seen_training: list[bool] = []
-
-    def encode_text(self, tokens: Tensor) -> Encoded:
-        return {"text": self.embed[tokens[:, 0]]}  # (Q, D)
-
-    def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
-        self.seen_training.append(self.training)
-        feats = frames.flatten(2) @ self.proj  # (N, F, D)
-        weights = mask.float().unsqueeze(-1)  # (N, F, 1)
-        return {"video": (feats * weights).sum(1) / weights.sum(1).clamp(min=1)}  # (N, D)
-
-
-class ToyAttentionPool(ToyMeanPool):
-    """Stores F frame vectors; similarity pools frames with text-conditioned softmax weights (X-Pool-like)."""
-
-    offline_embedding = False
-
-    def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
-        return {"frames": frames.flatten(2) @ self.proj, "mask": mask}  # (N, F, D), (N, F)
-
-    def similarity(self, text: Encoded, video: Encoded) -> Tensor:
-        logits = torch.einsum("qd,nfd->qnf", text["text"], video["frames"])  # (Q, N, F)
-        logits = logits.masked_fill(~video["mask"][None], float("-inf"))
-        weights = torch.softmax(logits, dim=-1)  # (Q, N, F)
-        pooled = torch.einsum("qnf,nfd->qnd", weights, video["frames"])  # (Q, N, D)
-        return torch.tanh((pooled * text["text"][:, None]).sum(-1))  # (Q, N)
-
-
-#: Bound on |float32 score - exact score| of ToyAttentionPool on ``toy_data``, in any summation order
-#: (unit roundoff u = 2^-24, entries of text and frames in [-1, 1]). The logits are dyadic, hence exact;
-#: each softmax weight is within (F + 4) u relative (exp <= 2 ulp, the F-term sum, the division); a
-#: pooled entry sum_f w_f x_fd is then within (2F + 4) u (its own F-term sum adds F u, as sum_f w_f = 1);
-#: the D-term dot with the text adds D u * D and carries D * (2F + 4) u; tanh adds 2u and does not
-#: amplify. 1% slack for the second-order terms. Blocked and unblocked scores may differ by twice this
-#: (the block shape picks the BLAS kernel, and with it the summation order, per CPU); a blocking bug
-#: moves scores by far more (they are O(0.1) apart).
-ATTENTION_POOL_BOUND = (D * D + D * (2 * F + 4) + 2) * 2.0**-24 * 1.01
+from tests.toys import ATTENTION_POOL_BOUND, D, F, ToyAttentionPool, ToyMeanPool
 
 
 def dyadic(*shape: int, seed: int) -> Tensor:

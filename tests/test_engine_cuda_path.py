@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from psbench.method import Encoded, RetrievalMethod
 from psbench.ops import device_topk
 from psbench.ops.sortkeys import sort_keys, topk_keys
 from psbench.retrieval.engine import score_matrix, topk, topk_block_sizes, uses_device_path
+from tests.toys import StoredAttentionPool, StoredEmbeddings
 
 D, F = 8, 4
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -27,28 +28,6 @@ cuda = pytest.param(
     ],
 )
 DEVICES = ["cpu", cuda]
-
-
-class InnerProduct(RetrievalMethod):
-    """The default similarity (meanpool, Prompt Switch): text @ video.T in the embeddings' dtype."""
-
-    def __init__(self) -> None:
-        super().__init__(nn.Identity())
-
-    def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
-        raise NotImplementedError
-
-
-class AttentionPool(InnerProduct):
-    """Text-conditioned softmax pooling over stored frames (X-Pool-like, not an inner product)."""
-
-    offline_embedding = False
-
-    def similarity(self, text: Encoded, video: Encoded) -> Tensor:
-        logits = torch.einsum("qd,nfd->qnf", text["text"], video["frames"])  # (Q, N, F)
-        weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)  # (Q, N, F)
-        pooled = torch.einsum("qnf,nfd->qnd", weights, video["frames"])  # (Q, N, D)
-        return (pooled * text["text"][:, None]).sum(-1)  # (Q, N)
 
 
 def quantised(*shape: int, seed: int, levels: int = 4) -> Tensor:
@@ -76,7 +55,7 @@ def oracle(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("method_cls", [InnerProduct, AttentionPool])
+@pytest.mark.parametrize("method_cls", [StoredEmbeddings, StoredAttentionPool])
 @pytest.mark.parametrize(("k", "bq", "bv"), [(1, 4, 5), (5, 3, 7), (10, 64, 64), (10, 5, 300), (37, 2, 3), (3, 1, 1)])
 def test_device_path_equals_float32_oracle(
     device: str, dtype: torch.dtype, method_cls: type[RetrievalMethod], k: int, bq: int, bv: int
@@ -93,7 +72,7 @@ def test_device_path_equals_float32_oracle(
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_device_path_equals_cpu_path(dtype: torch.dtype) -> None:
-    method = InnerProduct()
+    method = StoredEmbeddings()
     text, video = data(9, 1000, dtype, "cpu", seed=5)
     cpu = topk(method, text, video, 10, 4, 128, prefilter="off", device_path=False)
     dev = topk(method, text, video, 10, 4, 128, device_path=True)
@@ -103,7 +82,7 @@ def test_device_path_equals_cpu_path(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_device_path_ties_and_signed_zero(device: str, dtype: torch.dtype) -> None:
-    method = InnerProduct()
+    method = StoredEmbeddings()
     text = torch.zeros(2, D)
     text[0, 0], text[1, 0] = 1.0, -1.0
     first = torch.tensor([0.5, 0.0, 0.5, -0.0, 0.5, -2.0, 0.5, float("-inf"), 0.25, 0.0])  # (N,)
@@ -120,7 +99,7 @@ def test_device_path_ties_and_signed_zero(device: str, dtype: torch.dtype) -> No
 def test_fp16_values_that_tie_stay_tied(device: str) -> None:
     """Scores that differ in float32 but round to one fp16 value are ranked as that fp16 value (the
     method's own output), ties to the lower index: exactly the float32 cast of the native scores."""
-    method = InnerProduct()
+    method = StoredEmbeddings()
     text = torch.ones(1, 1)
     base = torch.tensor([1.0, 1.0 + 2**-12, 1.0 + 2**-11, 1.0 - 2**-13, 0.5])  # fp16 spacing at 1 is 2^-10
     video = {"video": base[:, None].to(device, torch.float16)}
@@ -152,7 +131,7 @@ def test_nan_is_flagged_on_the_device_and_raised_once(device: str) -> None:
     text, video = {"text": torch.ones(2, D, device=device)}, {"video": torch.ones(50, D, device=device)}
     video["video"][31, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        topk(InnerProduct(), text, video, 3, 2, 16, device, device_path=True)
+        topk(StoredEmbeddings(), text, video, 3, 2, 16, device, device_path=True)
 
 
 def test_group_size_keeps_k_groups_and_few_candidates() -> None:
@@ -193,9 +172,9 @@ def test_block_sizes_default_per_path() -> None:
 def test_device_path_rejects_bf16_prefilter_and_unknown_names() -> None:
     text, video = data(3, 50, torch.float32, "cpu")
     with pytest.raises(ValueError, match="CPU path only"):
-        topk(InnerProduct(), text, video, 3, prefilter="bf16", device_path=True)
+        topk(StoredEmbeddings(), text, video, 3, prefilter="bf16", device_path=True)
     with pytest.raises(ValueError, match="valid: auto"):
-        topk(InnerProduct(), text, video, 3, prefilter="fast", device_path=True)
+        topk(StoredEmbeddings(), text, video, 3, prefilter="fast", device_path=True)
 
 
 @pytest.mark.gpu

@@ -11,7 +11,7 @@ import pytest
 
 from psbench.data.msrvtt import AnnotationError, load_msrvtt_test, load_msrvtt_train
 from psbench.data.paths import VIDEO_EXTENSIONS, find_video, safe_video_id
-from tests.conftest import SHARED_ANNOTATIONS
+from tests.paths import SHARED_ANNOTATIONS
 
 ANNOTATIONS = SHARED_ANNOTATIONS / "msrvtt"
 TEST_CSV = ANNOTATIONS / "MSRVTT_JSFUSION_test.csv"

@@ -7,24 +7,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from psbench.method import Encoded, RetrievalMethod
 from psbench.ops import prefilter
 from psbench.retrieval import engine
-
-
-class DotProduct(RetrievalMethod):
-    """Stored embeddings, default (inner-product) similarity."""
-
-    def __init__(self) -> None:
-        super().__init__(nn.Identity())
-
-    def encode_video(self, frames: Tensor, mask: Tensor) -> Encoded:
-        raise NotImplementedError
-
-
-class NotADotProduct(DotProduct):
-    def similarity(self, text: Encoded, video: Encoded) -> Tensor:
-        return torch.cdist(text["text"], video["video"]).neg()  # (Q, N)
+from tests.toys import NegativeDistance, StoredEmbeddings
 
 
 def embeddings(q: int, n: int, d: int, seed: int, normalise: bool = True) -> tuple[Tensor, Tensor]:
@@ -36,7 +21,7 @@ def embeddings(q: int, n: int, d: int, seed: int, normalise: bool = True) -> tup
 
 
 def both_paths(a: Tensor, b: Tensor, k: int, block_videos: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    method, text, video = DotProduct(), {"text": a}, {"video": b}
+    method, text, video = StoredEmbeddings(), {"text": a}, {"video": b}
     plain = engine.topk(method, text, video, k, 64, block_videos, "cpu", prefilter="off")
     fast = engine.topk(method, text, video, k, 64, block_videos, "cpu", prefilter="bf16")
     return plain, fast
@@ -182,31 +167,31 @@ def test_prefilter_rejects_nan() -> None:
     a, b = embeddings(4, 200, 8, seed=1)
     b[17, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        engine.topk(DotProduct(), {"text": a}, {"video": b}, 3, 4, 64, "cpu", prefilter="bf16")
+        engine.topk(StoredEmbeddings(), {"text": a}, {"video": b}, 3, 4, 64, "cpu", prefilter="bf16")
 
 
 def test_prefilter_choice_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = embeddings(4, 200, 8, seed=2)
     text, video = {"text": a}, {"video": b}
     with pytest.raises(ValueError, match="prefilter 'fast'.*valid: auto, bf16, off"):
-        engine.topk(DotProduct(), text, video, 3, prefilter="fast")
-    with pytest.raises(ValueError, match="NotADotProduct"):
-        engine.topk(NotADotProduct(), text, video, 3, prefilter="bf16")
+        engine.topk(StoredEmbeddings(), text, video, 3, prefilter="fast")
+    with pytest.raises(ValueError, match="NegativeDistance"):
+        engine.topk(NegativeDistance(), text, video, 3, prefilter="bf16")
     with pytest.raises(ValueError, match="float32"):
-        engine.topk(DotProduct(), {"text": a.double()}, {"video": b.double()}, 3, prefilter="bf16")
-    assert NotADotProduct().inner_product_operands(text, video) is None
-    assert DotProduct().inner_product_operands(text, video) == (a, b)
+        engine.topk(StoredEmbeddings(), {"text": a.double()}, {"video": b.double()}, 3, prefilter="bf16")
+    assert NegativeDistance().inner_product_operands(text, video) is None
+    assert StoredEmbeddings().inner_product_operands(text, video) == (a, b)
 
     calls: list[int] = []
     original = engine.inner_product_topk_keys
     monkeypatch.setattr(engine, "inner_product_topk_keys", lambda *args: calls.append(1) or original(*args))
     monkeypatch.setattr(engine, "bf16_matmul_is_fast", lambda device: True)
-    engine.topk(DotProduct(), text, video, 3, 4, 64, "cpu")  # auto, fast CPU, 4k <= block
+    engine.topk(StoredEmbeddings(), text, video, 3, 4, 64, "cpu")  # auto, fast CPU, 4k <= block
     assert calls == [1]
-    engine.topk(DotProduct(), text, video, 30, 4, 64, "cpu")  # auto, but 4k > block: plain path
-    engine.topk(NotADotProduct(), text, video, 3, 4, 64, "cpu")  # auto, not an inner product
+    engine.topk(StoredEmbeddings(), text, video, 30, 4, 64, "cpu")  # auto, but 4k > block: plain path
+    engine.topk(NegativeDistance(), text, video, 3, 4, 64, "cpu")  # auto, not an inner product
     monkeypatch.setattr(engine, "bf16_matmul_is_fast", lambda device: False)
-    engine.topk(DotProduct(), text, video, 3, 4, 64, "cpu")  # auto, slow bfloat16
+    engine.topk(StoredEmbeddings(), text, video, 3, 4, 64, "cpu")  # auto, slow bfloat16
     assert calls == [1]
 
 
@@ -220,9 +205,9 @@ def test_auto_takes_the_prefilter_exactly_when_the_cpu_has_native_bf16(
     original = engine.inner_product_topk_keys
     monkeypatch.setattr(engine, "inner_product_topk_keys", lambda *args: calls.append(1) or original(*args))
     monkeypatch.setattr(engine, "bf16_matmul_is_fast", lambda device: native_bf16)
-    scores, ids = engine.topk(DotProduct(), {"text": a}, {"video": b}, 7, 8, 256, "cpu")  # auto
+    scores, ids = engine.topk(StoredEmbeddings(), {"text": a}, {"video": b}, 7, 8, 256, "cpu")  # auto
     assert calls == ([1, 1] if native_bf16 else [])  # one call per query block
-    plain = engine.topk(DotProduct(), {"text": a}, {"video": b}, 7, 8, 256, "cpu", prefilter="off")
+    plain = engine.topk(StoredEmbeddings(), {"text": a}, {"video": b}, 7, 8, 256, "cpu", prefilter="off")
     assert torch.equal(ids, exact_topk_ids(a, b, 7)) and torch.equal(ids, plain[1]) and torch.equal(scores, plain[0])
 
 

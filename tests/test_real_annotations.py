@@ -19,7 +19,7 @@ from psbench.data.paths import AnnotationError
 from psbench.data.real_datasets import LSMDC_SKIPPED_CLIP
 from psbench.data.split import RetrievalSplit
 from psbench.protocol import DataConfig, list_protocols, load_protocol, method_family, resolve
-from tests.conftest import SHARED_ANNOTATIONS
+from tests.paths import SHARED_ANNOTATIONS
 
 SHARED = SHARED_ANNOTATIONS
 

@@ -19,7 +19,7 @@ from psbench.backbone.clip import create_clip, save_clip
 from psbench.data.video_writer import write_video
 from psbench.protocol import load_protocol, resolve
 from psbench.runs.runner import run
-from tests.conftest import SHARED_ANNOTATIONS
+from tests.paths import SHARED_ANNOTATIONS
 
 SHARED = SHARED_ANNOTATIONS / "msrvtt"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not found at {SHARED}")

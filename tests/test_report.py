@@ -9,89 +9,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from psbench.files import atomic
-from psbench.protocol import load_protocol, resolve
 from psbench.report import StatsConfig, build_report
 from psbench.report.build import assemble
 from psbench.report.document import Table
-from psbench.retrieval.metrics import QueryRanks, metrics_from_ranks
+from tests.toys import TEST_HASH, make_run
 
 FAST = StatsConfig(resamples=300, permutations=500, seed=0)
-TEST_HASH = "aaaa1111bbbb2222"
-NUM_T2V, NUM_V2T = 60, 40
-
-
-def _ranks(rng: np.random.Generator, n: int, scale: float) -> QueryRanks:
-    greater = np.floor(rng.exponential(scale, size=n)).astype(int)
-    ties = (rng.random(n) < 0.1).astype(int)  # a few exact ties, as in real test sets
-    return QueryRanks(greater, ties)
-
-
-def make_run(
-    root: Path,
-    method: str,
-    seed: int,
-    scale: float,
-    protocol_hash: str,
-    test_hash: str = TEST_HASH,
-    epochs: int = 2,
-    sets: dict | None = None,
-    order_accuracy: float | None = None,
-) -> Path:
-    """One finished run: config.json, environment.json, train_log.jsonl, ranks.json, metrics.json."""
-    run_dir = root / f"20260101T00000{seed}_{protocol_hash[:4]}{test_hash[:2]}Z_synthetic_{method}_s{seed}"
-    run_dir.mkdir(parents=True)
-    rng = np.random.default_rng([seed, int(scale * 10), len(method)])
-    t2v, v2t = _ranks(rng, NUM_T2V, scale), _ranks(rng, NUM_V2T, scale)
-    cfg = resolve(load_protocol("synthetic"), method, seed, {"train.epochs": epochs, **(sets or {})})
-    hashes = {"protocol": protocol_hash, "test_data": test_hash, "train_data": "cccc3333dddd4444"}
-    command = f"psbench run --method {method} --dataset synthetic --seed {seed} --set train.epochs={epochs}"
-    atomic.write_json(run_dir / "config.json", {"config": cfg.to_dict(), "hashes": hashes, "command": command})
-    env = {
-        "python": "3.11.7",
-        "torch": "2.14.1",
-        "open_clip": "3.3.0",
-        "device": "cpu",
-        "device_name": "cpu",
-        "git": {"sha": "0123456789abcdef", "dirty": False},
-    }
-    atomic.write_json(run_dir / "environment.json", env)
-    with open(run_dir / "train_log.jsonl", "w") as log:
-        for step in range(epochs * 5):
-            loss = 5.0 / (1 + step) + rng.random()
-            log.write(json.dumps({"loss": loss, "contrastive": loss, "epoch": step // 5, "step": step}) + "\n")
-            if step % 5 == 4:
-                log.write(
-                    json.dumps({"epoch_summary": {"epoch": step // 5, "mean_loss": loss, "steps": step + 1}}) + "\n"
-                )
-    caption_video = list(range(NUM_V2T)) + list(range(NUM_T2V - NUM_V2T))
-    atomic.write_json(
-        run_dir / "ranks.json", {"t2v": t2v.to_dict(), "v2t": v2t.to_dict(), "caption_video": caption_video}
-    )
-    metrics = {
-        "schema_version": 1,
-        "protocol": "synthetic",
-        "protocol_version": 1,
-        "method": method,
-        "seed": seed,
-        "hashes": hashes,
-        "train": {"epochs_run": epochs, "steps": epochs * 5},
-        "t2v": metrics_from_ranks(t2v, "expected"),
-        "v2t": metrics_from_ranks(v2t, "expected"),
-        "tie_rule": "expected",
-        "v2t_rule": "group_max",
-        "dsl": False,
-        "num_queries": NUM_T2V,
-    }
-    if order_accuracy is not None:
-        metrics["order_accuracy"] = order_accuracy
-    atomic.write_json(run_dir / "metrics.json", metrics)
-    return run_dir
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from psbench.report.build import assemble
 from psbench.report.document import Paragraph, Table
 from psbench.report.machines import machine_label
 from psbench.runs.dirs import cpu_kernels
-from tests.test_report import FAST, make_run
+from tests.test_report import FAST
+from tests.toys import make_run
 
 
 def _set_machine(run_dir: Path, name: str, aten: str, overrides: dict[str, str]) -> None:

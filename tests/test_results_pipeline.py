@@ -16,7 +16,7 @@ from psbench.report.build import assemble, results_tables
 from psbench.report.document import Table
 from psbench.report.quality import StatsConfig
 from psbench.report.terminal import render_terminal
-from tests.test_report import make_run
+from tests.toys import make_run
 
 FAST = StatsConfig(resamples=200, permutations=200, seed=0)
 

@@ -24,7 +24,7 @@ from psbench.report.quality import StatsConfig
 from psbench.runs.record import RunRecordError, open_run
 from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
-from tests.test_report import make_run
+from tests.toys import make_run
 
 ZERO_SHOT = {**TINY_SETS, "train.epochs": 0}
 
