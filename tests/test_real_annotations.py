@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import psbench.data.real_datasets  # noqa: F401 - registers msrvtt, msvd, lsmdc
 from psbench.data.datasets import DATASETS, load_split
 from psbench.data.lsmdc import lsmdc_video_path, read_lsmdc_lines
 from psbench.data.paths import AnnotationError

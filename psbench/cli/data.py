@@ -109,8 +109,6 @@ def verify(
 
     where = policy.check_new_file(out or root / "manifest.json", "--manifest")
     try:
-        import psbench.data.real_datasets  # noqa: F401 - registers msrvtt, msvd, lsmdc
-
         cfg = resolve(protocol_for(dataset, protocol), method="").data  # the protocol's own [data] table
         names = split or [s for s in (cfg.train_split, cfg.val_split, cfg.test_split) if s]
         splits = [load_split(cfg, root, name) for name in dict.fromkeys(names)]

@@ -1,24 +1,29 @@
-"""Dataset registry: a dataset name -> a function that loads one split as a ``RetrievalSplit``."""
+"""Dataset registry: a dataset name -> a function that loads one split as a ``RetrievalSplit``.
+
+The one table of datasets: the generated synthetic set and the real ones of
+:mod:`psbench.data.real_datasets`, registered here (that module never imports this one).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from psbench.data.split import RetrievalSplit
+from psbench.data.real_datasets import REAL_LOADERS, annotation_files
+from psbench.data.split import RetrievalSplit, SplitLoader
+from psbench.data.synthetic import load_synthetic, recorded_split_videos
 from psbench.protocol import DataConfig
 from psbench.registry import Registry
-
-SplitLoader = Callable[[DataConfig, Path, str], RetrievalSplit]
 
 DATASETS: Registry[SplitLoader] = Registry("dataset")
 
 
 @DATASETS.register("synthetic")
 def _load_synthetic(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
-    from psbench.data.synthetic import load_synthetic
-
     return load_synthetic(root, split)
+
+
+for _name, _loader in REAL_LOADERS.items():
+    DATASETS.add(_name, _loader)
 
 
 class SplitSizeError(ValueError):
@@ -29,8 +34,6 @@ def split_file(cfg: DataConfig, root: Path, split: str) -> Path:
     """The annotation file that lists the videos of ``split`` (the data root when the dataset has none)."""
     if cfg.dataset == "synthetic":
         return Path(root) / ("train_list.csv" if split == "train" else f"{split}.csv")
-    from psbench.data.real_datasets import annotation_files
-
     files = annotation_files(cfg, cfg.dataset)
     return Path(root) / files[split] if split in files else Path(root)
 
@@ -41,8 +44,6 @@ def expected_videos(cfg: DataConfig, root: Path, split: str) -> int | None:
     if split == cfg.test_split and cfg.test_videos:
         return cfg.test_videos
     if cfg.dataset == "synthetic":
-        from psbench.data.synthetic import recorded_split_videos
-
         return recorded_split_videos(Path(root), split)
     return None
 
@@ -65,6 +66,3 @@ def load_split(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
     if not Path(root).is_dir():
         raise FileNotFoundError(f"data root {root} does not exist (dataset {cfg.dataset!r})")
     return check_split_size(cfg, Path(root), DATASETS.get(cfg.dataset)(cfg, Path(root), split))
-
-
-import psbench.data.real_datasets  # noqa: E402,F401 - registers msrvtt, msvd, lsmdc

@@ -1,4 +1,4 @@
-"""The real datasets (MSR-VTT, MSVD, LSMDC) in the dataset registry (spec §8).
+"""The real datasets (MSR-VTT, MSVD, LSMDC): their split loaders, for the dataset registry (spec §8).
 
 Each loader has the registry signature ``(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit``.
 Annotation files come from ``cfg.files`` (keys below; a missing key takes the default file name of the
@@ -23,11 +23,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path, PurePath
 
-from psbench.data.datasets import DATASETS, SplitLoader
 from psbench.data.lsmdc import load_lsmdc_split
 from psbench.data.msrvtt import load_msrvtt_test, load_msrvtt_train
 from psbench.data.msvd import load_msvd_split
-from psbench.data.split import Caption, RetrievalSplit
+from psbench.data.split import Caption, RetrievalSplit, SplitLoader
 from psbench.protocol import DataConfig
 
 log = logging.getLogger(__name__)
@@ -130,8 +129,8 @@ def _load_lsmdc(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
     return load_lsmdc_split(_file(cfg, "lsmdc", root, split), video_folder(cfg, root), name=split)
 
 
-def _registered(loader: SplitLoader) -> SplitLoader:
-    """The registry entry: the dataset's parser, then exclusion and training de-duplication."""
+def _finished(loader: SplitLoader) -> SplitLoader:
+    """The dataset's parser, then exclusion and training de-duplication."""
 
     def load(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
         return _finish(cfg, loader(cfg, Path(root), split), split)
@@ -140,6 +139,9 @@ def _registered(loader: SplitLoader) -> SplitLoader:
     return load
 
 
-for _name, _loader in (("msrvtt", _load_msrvtt), ("msvd", _load_msvd), ("lsmdc", _load_lsmdc)):
-    if _name not in DATASETS:
-        DATASETS.add(_name, _registered(_loader))
+#: the real datasets' loaders, by dataset name (psbench.data.datasets puts them in the dataset registry)
+REAL_LOADERS: dict[str, SplitLoader] = {
+    "msrvtt": _finished(_load_msrvtt),
+    "msvd": _finished(_load_msvd),
+    "lsmdc": _finished(_load_lsmdc),
+}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from psbench.protocol import DataConfig
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,7 @@ class RetrievalSplit:
             {v: p for v, p in self.video_paths.items() if v in keep},
             {v: t for v, t in self.twin_of.items() if v in keep and t in keep},
         )
+
+
+#: what the dataset registry holds: (the protocol's data config, data root, split name) -> the split
+SplitLoader = Callable[[DataConfig, Path, str], RetrievalSplit]
