@@ -78,3 +78,15 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> No
         atomic.write_with(target, broken)
     assert target.read_text() == '{\n  "v": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    """The weights sha256 identifies a run's inputs: it must not depend on the temporary file's random name."""
+    import hashlib
+
+    state = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}}
+    atomic.torch_save(state, tmp_path / "a.pt")
+    atomic.torch_save(state, tmp_path / "b.pt")
+    digests = {hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.pt", "b.pt")}
+    assert len(digests) == 1
+    assert torch.equal(torch.load(tmp_path / "a.pt")["state_dict"]["w"], state["state_dict"]["w"])

@@ -22,6 +22,8 @@ from psbench.runs.runner import run
 from psbench.train.loop import load_resume_state
 from tests.conftest import TINY_SETS
 
+pytestmark = pytest.mark.slow  # kills and resumes training runs in child processes
+
 REPO = Path(__file__).resolve().parent.parent
 SETS = {**TINY_SETS, "train.epochs": 3}
 
@@ -94,9 +96,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: 
     atomic.torch_save({"epoch": 0, "w": torch.arange(10.0)}, path)
     real_save = torch.save
 
-    def crash(obj, f, *args, **kwargs):  # writes half a file, then dies
+    def crash(obj, f, *args, **kwargs):  # writes half a file (atomic.torch_save passes an open file), then dies
         real_save(obj, f, *args, **kwargs)
-        Path(f).write_bytes(Path(f).read_bytes()[:100])
+        f.truncate(100)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -121,7 +123,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, where
         def die(*args, **kwargs):
             if {where!r} == "torch.save":
                 real_save(*args, **kwargs)
-                f = Path(args[1]); f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+                f = args[1]; f.flush(); f.truncate(os.fstat(f.fileno()).st_size // 2); f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         if {where!r} == "fsync":
             runs.os.fsync = die

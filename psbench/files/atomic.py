@@ -100,11 +100,15 @@ def write_json(path: str | Path, obj: Any, indent: int = 2, sort_keys: bool = Tr
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
+    """Atomically ``torch.save`` ``obj`` to ``path``; the same object always gives the same bytes.
+
+    Saved through an open file: given a path, torch names the zip archive's folder after the file, which
+    would put the random temporary name into the bytes (and the sha256 of identical weights would differ).
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)
 
 
 def check_writable_dir(folder: Path) -> None:
