@@ -13,6 +13,8 @@ import torch
 from psbench.efficiency.matmul_peak import fp32_matmul_peak
 from psbench.ops import linear as cpu_linear
 
+pytestmark = pytest.mark.slow  # runs every benchmark script in a child process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

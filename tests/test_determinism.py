@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -12,6 +13,8 @@ from psbench.cli import app
 from psbench.protocol import load_protocol, resolve
 from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
+
+pytestmark = pytest.mark.slow  # trains the same run twice end to end
 
 
 def test_same_seed_same_metrics_and_weights(tiny_synthetic: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from psbench.backbone.clip import Tokenizer, create_clip
-from psbench.catalog import create_method
+from psbench.catalog import bench_methods, create_method, method_class, method_options
 from psbench.data.datasets import load_split
 from psbench.data.loader import GalleryDataset, make_gallery_loader
 from psbench.distributed import per_process_batch, shard_bounds
@@ -22,9 +22,23 @@ from psbench.retrieval import engine
 from psbench.retrieval.evaluate import frame_spec
 from psbench.runs.runner import run
 
+pytestmark = pytest.mark.slow  # spawns torchrun / gloo processes
+
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = ["a red circle appears", "a blue square moves left", "a green triangle", "a yellow circle moves up"]
-GRAD_CASES = [("meanpool", {}), ("promptswitch", {}), ("xpool", {"dropout": 0.0})]
+
+
+def _grad_cases() -> list[tuple[str, dict]]:
+    """Every trainable method and ablation of the catalogue, dropout off where it has one (so that both sides
+    draw the same function)."""
+    return [
+        (name, {"dropout": 0.0} if "dropout" in method_options(name) else {})
+        for name in bench_methods()
+        if method_class(name).trainable
+    ]
+
+
+GRAD_CASES = _grad_cases()
 
 
 def _cases() -> list[dict]:

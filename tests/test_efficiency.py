@@ -13,6 +13,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from psbench.catalog import efficiency_methods
 from psbench.efficiency import measure as eff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,6 +89,18 @@ def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
         spread = r["ratio_spread"]
         assert spread["pairs"] == 4 and spread["min"] <= spread["q1"] <= spread["q3"] <= spread["max"]
         assert spread["min"] <= r["ratio"] <= spread["max"]
+
+
+@pytest.mark.parametrize("name", efficiency_methods())  # every method, inference form and floor of the catalogue
+def test_every_efficiency_method_is_measured_and_its_closed_forms_match_fvcore(name: str) -> None:
+    cfg = tiny_config(methods=[name], sweep=False, gallery=200, queries=4, repeats=1, budget_s=5.0)
+    res = eff.measure_method(name, cfg, [200], eff.resolve_device("cpu"))
+    off, txt, onl = res["offline"], res["text"], res["online"]
+    assert off["flops_closed_form"] == pytest.approx(off["flops_fvcore"], rel=0.03)
+    assert txt["flops_per_query_closed_form"] == pytest.approx(txt["flops_per_query_fvcore"], rel=0.03)
+    assert onl["flops_per_pair_closed_form"] > 0 and off["bytes_per_video"] > 0
+    (point,) = res["points"]
+    assert point["status"] == "measured" and point["latency_per_query_s"]["median"] > 0
 
 
 def test_sweep_never_measures_beyond_the_requested_gallery() -> None:

@@ -13,6 +13,8 @@ from psbench.protocol import load_protocol, resolve
 from psbench.runs.runner import run
 from tests.conftest import TINY_SETS
 
+pytestmark = pytest.mark.slow  # trains and evaluates runs end to end through the runner and the CLI
+
 
 def test_run_writes_complete_record_and_reevaluates(tiny_synthetic: Path, tmp_path: Path):
     cfg = resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psbench.backbone.clip import create_clip, tokenizer_for
-from psbench.catalog import create_method
+from psbench.catalog import METHOD_TABLE, create_method
 from psbench.retrieval import engine
 from psbench.retrieval.index import (
     VideoIndex,
@@ -28,13 +28,14 @@ def _index(name: str, n: int = 40) -> tuple[VideoIndex, torch.nn.Module]:
     torch.manual_seed(0)
     method = create_method(name, create_clip("psbench-tiny")).eval()
     with torch.inference_mode():
-        video = method.encode_video(torch.randn(n, 4, 3, 32, 32), torch.ones(n, 4, dtype=torch.bool))
+        frames = 6  # a multiple of Prompt Switch's segments
+        video = method.encode_video(torch.randn(n, frames, 3, 32, 32), torch.ones(n, frames, dtype=torch.bool))
     ids = [f"video{i:03d}" for i in range(n)]
     meta = {"model_fingerprint": model_fingerprint(method), "max_words": 16}
     return VideoIndex(name, ids, video, meta), method
 
 
-@pytest.mark.parametrize("name", ["meanpool", "xpool"])
+@pytest.mark.parametrize("name", list(METHOD_TABLE))  # every catalogued method, ablation, form and floor
 def test_round_trip_gives_identical_search(tmp_path: Path, name: str) -> None:
     index, method = _index(name)
     path = tmp_path / "index.pt"

@@ -22,7 +22,10 @@ from psbench.runs.runner import run
 from tests.paths import SHARED_ANNOTATIONS
 
 SHARED = SHARED_ANNOTATIONS / "msrvtt"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not found at {SHARED}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED.is_dir(), reason=f"real annotation files not found at {SHARED}"),
+]  # slow: runs a real protocol end to end
 
 TINY = {
     "backbone.arch": "psbench-tiny",

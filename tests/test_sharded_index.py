@@ -96,6 +96,7 @@ write_sharded_index(sys.argv[1], "meanpool", 2000, slow, "fp", "fp16", shard_siz
 """
 
 
+@pytest.mark.slow  # spawns processes
 def test_killed_build_resumes_to_bit_identical_index(tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -124,6 +125,7 @@ def test_killed_build_resumes_to_bit_identical_index(tmp_path: Path) -> None:
         write_sharded_index(killed, "meanpool", 2000, source, "fp", "bf16", shard_size=200)
 
 
+@pytest.mark.slow  # spawns processes
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     index = write_sharded_index(tmp_path / "idx", "meanpool", N, random_shard_source(D), "fp", "fp16", 130)
     assert len(index.shards) == 8
@@ -221,6 +223,7 @@ def test_cli_names_a_bad_shard_with_exit_2(built: dict[str, Path], tmp_path: Pat
     assert "synth" not in result.stdout  # no result was shown
 
 
+@pytest.mark.slow  # spawns processes
 def test_cli_torchrun_two_processes_print_the_one_process_result(built: dict[str, Path]) -> None:
     args = ["index", "search", "--index", str(built["fp16"]), "-k", "4", "-q", QUERIES[0], "-q", QUERIES[1]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
