@@ -23,9 +23,10 @@ test: install
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-# The inner loop: everything but the tests marked slow (process-spawning, end-to-end) and gpu
+# The inner loop: everything but the tests marked slow (process-spawning, end-to-end) and gpu, on two
+# pytest-xdist workers with one torch thread each (under a minute on 2 cores)
 test-fast: install
-	@$(PY) -m pytest -q -m "not slow and not gpu"
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not slow and not gpu"
 
 # The numerics-sensitive tests again under other kernel selections of this same CPU, so that one
 # developer's CPU is never the only one tested: torch's elementwise kernels (default, AVX2) and

@@ -42,6 +42,7 @@ def test_corrupt_training_video_fails_naming_the_file(corrupt_set: tuple[Path, s
     assert f"{video_id}.mp4" in message and "epoch 0, step" in message and "train.skip_corrupt" in message
 
 
+@pytest.mark.slow  # a whole run through the runner
 def test_corrupt_training_video_is_skipped_and_counted(corrupt_set: tuple[Path, str], tmp_path: Path) -> None:
     root, video_id = corrupt_set
     cfg = resolve(load_protocol("synthetic"), "meanpool", 0, {**TINY_SETS, "train.skip_corrupt": True})
@@ -54,6 +55,7 @@ def test_corrupt_training_video_is_skipped_and_counted(corrupt_set: tuple[Path, 
     assert cfg.protocol_hash() != resolve(load_protocol("synthetic"), "meanpool", 0, TINY_SETS).protocol_hash()
 
 
+@pytest.mark.slow  # a whole run through the runner
 def test_nan_loss_names_step_batch_and_last_checkpoint(
     tiny_synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

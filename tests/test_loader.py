@@ -261,6 +261,7 @@ def test_collate_unique_videos_keeps_first_occurrence() -> None:
     assert batch.tokens.shape == (3, 5)
 
 
+@pytest.mark.slow  # spawns DataLoader worker processes
 def test_missing_video_error_names_the_file_through_workers(
     split: RetrievalSplit, tokenizer: Tokenizer, tmp_path: Path
 ) -> None:
@@ -277,6 +278,7 @@ def test_missing_video_error_names_the_file_through_workers(
         list(make_gallery_loader(gallery, batch_size=2, num_workers=2))
 
 
+@pytest.mark.slow  # spawns DataLoader worker processes
 def test_corrupt_video_error_names_the_file_through_workers(split: RetrievalSplit, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt_clip.mp4"
     corrupt.write_bytes(split.video_paths["v1"].read_bytes()[:-400])

@@ -78,11 +78,11 @@ def exact_topk_ids(a: Tensor, b: Tensor, k: int) -> Tensor:
 @pytest.mark.parametrize(
     ("q", "n", "d", "k", "block_videos"),
     [
-        (50, 3000, 64, 10, 1024),
+        pytest.param(50, 3000, 64, 10, 1024, marks=pytest.mark.slow),
         (7, 999, 32, 1, 128),
         (20, 500, 16, 25, 100),
         (3, 40, 8, 40, 16),
-        (90, 2048, 512, 5, 2048),
+        pytest.param(90, 2048, 512, 5, 2048, marks=pytest.mark.slow),  # the large shapes: slow
     ],
 )
 def test_prefilter_topk_equals_float32_topk(q: int, n: int, d: int, k: int, block_videos: int) -> None:

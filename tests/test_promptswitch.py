@@ -410,6 +410,7 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+@pytest.mark.slow  # builds the full ViT-B/32
 def test_vit_b32_parameter_counts(vit_b32: PromptSwitch) -> None:
     m = vit_b32
     assert m.prompt_embedding.numel() == 6 * 6 * 768 == 27_648

@@ -148,6 +148,7 @@ def pickled_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) 
     return run_dir
 
 
+@pytest.mark.slow  # runs, evaluates, indexes and resumes end to end
 def test_one_trust_rule_for_eval_index_and_resume(pickled_run: Path, tmp_path: Path) -> None:
     ckpt = open_run(pickled_run).selected_checkpoint
     assert ckpt is not None

@@ -66,6 +66,7 @@ def all_ids(root: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow  # generates the synthetic set twice end to end
 def test_same_seed_same_bytes_and_pixels(sets: dict[str, Path]) -> None:
     a, b = sets["a"], sets["b"]
     for name in ANNOTATION_FILES:

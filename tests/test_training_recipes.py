@@ -71,6 +71,7 @@ def test_unique_videos_only_where_the_official_code_does_it(protocol: str):
         assert not _train(protocol, method).unique_videos
 
 
+@pytest.mark.slow  # a whole run through the runner
 def test_run_records_the_recipe_in_method_facts(tiny_synthetic: Path, tmp_path: Path):
     sets = {**TINY_SETS, "train.unique_videos": True, "train.drop_last": False, "train.schedule": "hf_cosine"}
     cfg = resolve(load_protocol("synthetic"), "meanpool", 0, sets)
@@ -124,6 +125,7 @@ def test_last_partial_batch_is_kept_for_xpool_and_promptswitch():
             assert _train(protocol, method).drop_last
 
 
+@pytest.mark.slow  # a whole run through the runner
 def test_steps_count_the_partial_batch_in_the_schedule_total(tiny_synthetic: Path, tmp_path: Path):
     from psbench.data.datasets import load_split
 
