@@ -122,7 +122,7 @@ class TrainConfig:
     grad_clip: float = _rule(1.0, above=0)
     twin_pairs: bool = False  # synthetic: time-reversed twins in the same batch
     selection: str = _rule("last", choices="psbench.train.loop:SELECTION_RULES")
-    num_workers: int = _rule(2, min=0)
+    num_workers: int = _rule(2, min=-1)  # loader processes; -1: every CPU this process may use (recorded)
     skip_corrupt: bool = False  # skip (and count) training videos that fail to decode instead of failing
     # -- training-recipe choices (set per method in the protocols' [method.*.train] tables; see
     # protocols/README.md "Training recipes"); defaults = psbench's original behaviour
@@ -168,7 +168,7 @@ class TestConfig:
     v2t_rule: str = _rule("group_max", choices="psbench.retrieval.metrics:V2T_RULES")
     dsl: bool = False
     dsl_tau: float = _rule(1.0, above=0)
-    num_workers: int = _rule(2, min=0)
+    num_workers: int = _rule(2, min=-1)  # loader processes; -1: every CPU this process may use (recorded)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from psbench.data.frame_counts import FileStamp, FrameCounts, ensure_counts, manifest_folder
 from psbench.data.sampling import SAMPLERS, sample_frames
 from psbench.data.split import RetrievalSplit
 from psbench.data.transforms import VideoTransform, make_transform
@@ -55,12 +56,38 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class _VideoClips:
-    """Reads the sampled, transformed frames of the split's videos (frame counts cached per process)."""
+    """Reads the sampled, transformed frames of the split's videos.
+
+    Frame counts come from :meth:`use_frame_counts` (the persisted manifest, loaded once in the main
+    process and inherited by every loader worker), else from probing the video once per process. A
+    recorded count is used only while the file's size and mtime are the recorded ones: a video changed
+    since is named in a warning and probed again, never sampled with a stale count.
+    """
 
     def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
         self.split, self.frames = split, frames
         self.transform: VideoTransform = make_transform(transform, size)
         self._num_frames: dict[str, int] = {}
+        self._stamps: dict[str, FileStamp] = {}
+
+    def use_frame_counts(self, counts: FrameCounts, video_ids: Iterable[str]) -> None:
+        """Take the manifest's (already ensured) counts of ``video_ids`` with the file stamps they belong to."""
+        for video_id in video_ids:
+            path = self.path(video_id)
+            entry = counts.entries.get(counts.key(path))
+            if entry is not None:
+                self._num_frames[video_id] = entry["frames"]
+                self._stamps[video_id] = FileStamp(entry["size"], entry["mtime_ns"])
+
+    def frame_count(self, video_id: str, path: Path) -> int:
+        known, stamp = self._num_frames.get(video_id), self._stamps.get(video_id)
+        if known is not None and (stamp is None or FileStamp.of(path) == stamp):
+            return known
+        if known is not None:
+            log.warning("%s changed since its frame count was recorded (size or mtime differ): probing it again", path)
+        self._stamps.pop(video_id, None)
+        self._num_frames[video_id] = probe_video(path).num_frames
+        return self._num_frames[video_id]
 
     def path(self, video_id: str) -> Path:
         try:
@@ -71,10 +98,8 @@ class _VideoClips:
     def clip(self, video_id: str, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
         """-> frames (F, 3, S, S) float, mask (F,) bool (all True: samplers always return F frames)."""
         path = self.path(video_id)
-        if video_id not in self._num_frames:
-            self._num_frames[video_id] = probe_video(path).num_frames
         spec = self.frames
-        indices = sample_frames(spec.sampler, self._num_frames[video_id], spec.num_frames, rng, spec.segments)
+        indices = sample_frames(spec.sampler, self.frame_count(video_id, path), spec.num_frames, rng, spec.segments)
         pixels = decode_frames(path, indices)  # (F, H, W, 3) uint8
         frames = self.transform(pixels, rng)  # (F, 3, S, S)
         return frames, torch.ones(spec.num_frames, dtype=torch.bool)
@@ -106,13 +131,19 @@ class VideoCaptionDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def video_ids_needed(self) -> list[str]:
+        """The videos this dataset reads: those with a caption, in caption order."""
+        return [c.video_id for c in self.split.captions]
+
     def __len__(self) -> int:
         return len(self.split.captions)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        """Item ``index`` of the current epoch, or of the epoch named by an (epoch, index) key (the samplers')."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         caption = self.split.captions[index]
         try:
-            frames, mask = self.clips.clip(caption.video_id, item_rng(self.seed, self.epoch, index))
+            frames, mask = self.clips.clip(caption.video_id, item_rng(self.seed, epoch, index))
         except (VideoDecodeError, FrameIndexError) as exc:
             if not self.skip_corrupt:
                 raise
@@ -143,6 +174,10 @@ class GalleryDataset(Dataset):
         self.split = split
         self.clips = _VideoClips(split, frames, transform, size)
         self.frame_order = frame_order
+
+    def video_ids_needed(self) -> list[str]:
+        """The gallery's videos, in gallery order."""
+        return list(self.split.video_ids)
 
     def __len__(self) -> int:
         return len(self.split.video_ids)
@@ -249,6 +284,28 @@ class _EpochBatchSampler(Sampler[list[int]], ABC):
         return len(self._batches())
 
 
+class EpochKeyedBatches(Sampler[list[tuple[int, int]]]):
+    """A batch sampler's batches as (epoch, item index) keys.
+
+    A persistent loader worker keeps the copy of the dataset it started with, and with it that copy's
+    epoch; keyed items still draw from (seed, the sampler's epoch, index), so persistent workers give
+    exactly the items of fresh ones.
+    """
+
+    def __init__(self, sampler: _EpochBatchSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        return iter([[(epoch, i) for i in batch] for batch in self.sampler])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class ShuffledBatchSampler(_EpochBatchSampler):
     """A fresh permutation of all items every epoch, cut into batches."""
 
@@ -343,6 +400,10 @@ class TwinPairBatchSampler(_EpochBatchSampler):
         return batches
 
 
+#: batches each loader worker prepares ahead (torch's default, 2, starves a fast GPU step on short clips)
+PREFETCH_BATCHES = 4
+
+
 def _pin_memory() -> bool:
     return torch.cuda.is_available()
 
@@ -355,10 +416,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: ``num_workers`` meaning "every CPU this process may use" (what the real protocols ask for)
+ALL_CPUS = -1
+
+
 def usable_workers(requested: int) -> int:
-    """Loader worker processes actually started: ``requested`` capped by :func:`available_cpus`."""
+    """Loader worker processes actually started: ``requested`` capped by :func:`available_cpus`
+    (``-1``: all of them)."""
+    if requested == ALL_CPUS:
+        return available_cpus()
     if requested < 0:
-        raise ValueError(f"num_workers must be >= 0, got {requested}")
+        raise ValueError(f"num_workers must be >= 0 or -1 (every CPU), got {requested}")
     return min(requested, available_cpus())
 
 
@@ -434,13 +502,17 @@ def make_train_loader(
         )
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, drop_last, num_replicas, rank)
+    workers = _capped_workers(num_workers)
     return WorkerErrorLoader(
         dataset,
-        batch_sampler=sampler,
-        num_workers=_capped_workers(num_workers),
+        batch_sampler=EpochKeyedBatches(sampler),
+        num_workers=workers,
         collate_fn=functools.partial(collate_train, unique_videos=unique_videos),
         pin_memory=_pin_memory(),
-        persistent_workers=False,
+        # workers live across epochs (their frame counts and decoder state with them): the sampler's
+        # (epoch, index) keys keep every item a pure function of (seed, epoch, index)
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
     )
 
 
@@ -462,3 +534,24 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     for part in (loader.dataset, loader.batch_sampler):
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
+
+
+def prepare_frame_counts(
+    dataset: VideoCaptionDataset | GalleryDataset, workers: int, advance: Callable[..., None] | None = None
+) -> dict[str, Any]:
+    """Load (or build once, in ``workers`` processes) the frame-count manifest of the dataset's videos and
+    hand the counts to the dataset; returns what the run record keeps (manifest, reused, probed, stale)."""
+    clips = dataset.clips
+    video_ids = list(dict.fromkeys(dataset.video_ids_needed()))
+    paths = [clips.path(v) for v in video_ids]
+    counts = FrameCounts.find(manifest_folder(paths))
+    ensure_counts(counts, paths, usable_workers(workers), advance)
+    clips.use_frame_counts(counts, video_ids)
+    return {
+        "manifest": str(counts.path),
+        "videos": len(paths),
+        "reused": len(paths) - counts.probed,
+        "probed": counts.probed,
+        "stale": counts.stale,
+        "unreadable": sorted(counts.unreadable),
+    }

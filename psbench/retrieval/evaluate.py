@@ -11,7 +11,7 @@ import torch
 
 from psbench import distributed
 from psbench.backbone.clip import Tokenizer
-from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader
+from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader, prepare_frame_counts
 from psbench.data.split import RetrievalSplit
 from psbench.method import Encoded, RetrievalMethod
 from psbench.progress import Progress, SilentProgress
@@ -51,6 +51,8 @@ def evaluate_split(
     dataset = GalleryDataset(
         split, frame_spec(cfg.frames, cfg.sampler, cfg.segments, method), cfg.transform, cfg.resolution, frame_order
     )
+    with progress.task(f"frame counts of {split.name} videos", len(split.video_ids)) as task:
+        frame_counts = prepare_frame_counts(dataset, cfg.num_workers, task.advance)  # probed once, then reused
     with progress.task(f"encode {split.name} videos", len(split.video_ids)) as task:
         # under torchrun each rank encodes its shard of the gallery; outside it, the whole gallery
         video = encode_gallery_sharded(method, dataset, cfg.batch_size, cfg.num_workers, device, task.advance)
@@ -75,6 +77,7 @@ def evaluate_split(
         "v2t_rule": cfg.v2t_rule,
         "dsl": cfg.dsl,
         "frame_order": frame_order,
+        "frame_counts": frame_counts,
     }
     if split.twin_of:
         index = {vid: i for i, vid in enumerate(split.video_ids)}

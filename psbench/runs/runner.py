@@ -21,7 +21,7 @@ from psbench import distributed
 from psbench.backbone import clip as backbone
 from psbench.catalog import create_method
 from psbench.data.datasets import expected_videos, load_split
-from psbench.data.loader import VideoCaptionDataset, make_train_loader, usable_workers
+from psbench.data.loader import VideoCaptionDataset, make_train_loader, prepare_frame_counts, usable_workers
 from psbench.data.prepare.compress import read_compress_recipe
 from psbench.data.prepare.verify import require_videos
 from psbench.data.split import RetrievalSplit
@@ -337,6 +337,8 @@ def _train(
         cfg.seed,
         skip_corrupt=cfg.train.skip_corrupt,
     )
+    with progress.task("frame counts of train videos", len(set(dataset.video_ids_needed()))) as task:
+        frame_counts = prepare_frame_counts(dataset, cfg.train.num_workers, task.advance)  # probed once, reused
     loader = make_train_loader(
         dataset,
         cfg.train.batch_size,
@@ -388,4 +390,5 @@ def _train(
         "resumed_from_epoch": result.resumed_from_epoch,
         "world_size": here.world_size,
         "effective_batch": cfg.train.batch_size,
+        "frame_counts": frame_counts,
     }

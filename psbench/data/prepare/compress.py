@@ -29,6 +29,7 @@ from typing import Any
 
 import av
 
+from psbench.data.frame_counts import FrameCounts
 from psbench.data.paths import VIDEO_EXTENSIONS
 from psbench.data.video import VideoDecodeError, VideoError, probe_video
 from psbench.files.atomic import atomic_path
@@ -169,28 +170,31 @@ def compress_video(src: Path, dst: Path, settings: CompressSettings) -> int:
     return written
 
 
-def _output_ok(path: Path) -> bool:
+def _output_frames(path: Path) -> int | None:
+    """The decoded frame count of an existing output, or None (absent, or it does not decode)."""
     if not path.is_file():
-        return False
+        return None
     try:
-        probe_video(path)
+        return probe_video(path).num_frames
     except VideoError as exc:
         log.info("re-compressing %s: existing output does not decode (%s)", path, exc.reason)
-        return False
-    return True
+        return None
 
 
-def _compress_task(src: str, dst: str, settings: CompressSettings) -> tuple[str, str, str]:
-    """Worker: -> (source, status, detail) with status written | skipped | failed."""
-    if _output_ok(Path(dst)):
-        return src, "skipped", ""
+def _compress_task(src: str, dst: str, settings: CompressSettings) -> tuple[str, str, str, int | None]:
+    """Worker: -> (source, status, detail, the output's decoded frame count) with status written | skipped |
+    failed; every output is decoded once after writing, which checks it and gives the frame-count manifest."""
+    existing = _output_frames(Path(dst))
+    if existing is not None:
+        return src, "skipped", "", existing
     try:
-        frames = compress_video(Path(src), Path(dst), settings)
+        compress_video(Path(src), Path(dst), settings)
+        frames = probe_video(Path(dst)).num_frames
     except VideoError as exc:
-        return src, "failed", exc.reason
+        return src, "failed", exc.reason, None
     except (OSError, ValueError, RuntimeError) as exc:  # anything else FFmpeg/PyAV raise on a broken file
-        return src, "failed", f"{type(exc).__name__}: {exc}"
-    return src, "written", str(frames)
+        return src, "failed", f"{type(exc).__name__}: {exc}", None
+    return src, "written", str(frames), frames
 
 
 def _versions() -> dict[str, str]:
@@ -264,9 +268,14 @@ def compress_videos(
     if progress:
         progress(done, total)
 
-    def collect(result: tuple[str, str, str]) -> None:
+    counts = FrameCounts.find(dst)
+    outputs = {str(s): d for s, d in pairs}
+
+    def collect(result: tuple[str, str, str, int | None]) -> None:
         nonlocal done
-        source, status, detail = result
+        source, status, detail, frames = result
+        if frames is not None:
+            counts.record(outputs[source], frames)
         if status == "failed":
             report.failed[source] = detail
             log.warning("cannot compress %s: %s", source, detail)
@@ -284,6 +293,7 @@ def compress_videos(
             futures = [pool.submit(_compress_task, str(s), str(d), settings) for s, d in pairs]
             for future in as_completed(futures):
                 collect(future.result())
+    counts.save()  # the outputs' frame counts: loaders never probe them again
     from psbench.files import atomic
 
     recipe["created"] = datetime.now(UTC).isoformat(timespec="seconds")

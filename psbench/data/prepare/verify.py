@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psbench.data.frame_counts import FrameCounts, manifest_folder
 from psbench.data.split import RetrievalSplit
 from psbench.data.video import VideoError, probe_video
 
@@ -183,4 +184,9 @@ def verify_dataset(
     manifest = Manifest(summary, videos, missing, corrupt)
     if out is not None:
         manifest.write(out)
+    if videos:  # the frame counts just decoded: loaders never probe these videos again
+        counts = FrameCounts.find(manifest_folder(Path(r.path) for r in videos.values()))
+        for record in videos.values():
+            counts.record(Path(record.path), record.frames)
+        counts.save()
     return manifest

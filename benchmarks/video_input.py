@@ -1,0 +1,262 @@
+"""The video input pipeline against the decode bound, on realistic H.264 video made here (nothing downloaded).
+
+Generates ``--videos`` clips like MSR-VTT's raw files (320x240, 30 fps, 15 s, libx264 CRF 23 ``veryfast``,
+B-frames on: a moving textured scene with camera noise), and the same after ``psbench data compress``
+(3 fps, shorter side 224). Then, per video kind, in one run:
+
+- ``decode bound``: open + decode every frame, no colour conversion (what any exact decoder must do to reach
+  the last needed frame, at most);
+- ``probe``: :func:`psbench.data.video.probe_video` (a full decode that counts frames);
+- ``loader cold``: one item of psbench's datasets with no frame count known (probe + decode + transform), as
+  every loader worker paid per video per epoch before the frame-count manifest;
+- ``loader with manifest``: the same item with the counts from ``frame_counts.json`` (decode up to the last
+  needed frame + transform);
+- ``DataLoader epoch``: clips/s of a whole gallery epoch with N workers, cold (no manifest) and with it.
+
+Train (``random_per_segment`` + ``random_resized_crop_flip``) and test (``uniform`` + ``resize_center_crop``)
+items, 12 frames at 224 px. Per-clip figures are medians over the videos, one process, one thread.
+
+Usage: ``python benchmarks/video_input.py --videos 8 --workers 2 --out reports/cpu_2cores/video_input.json``
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import av
+import numpy as np
+import torch
+import typer
+
+from psbench.backbone.clip import Tokenizer
+from psbench.data import frame_counts
+from psbench.data.loader import (
+    FrameSpec,
+    GalleryDataset,
+    VideoCaptionDataset,
+    make_gallery_loader,
+    prepare_frame_counts,
+)
+from psbench.data.prepare.compress import CompressSettings, compress_videos
+from psbench.data.split import Caption, RetrievalSplit
+from psbench.data.video import probe_video
+from psbench.files import atomic
+
+app = typer.Typer(add_completion=False)
+
+
+def realistic_clip(path: Path, seconds: float, fps: int, width: int, height: int, seed: int) -> None:
+    """A textured scene panning under moving blobs plus sensor noise, encoded like a phone/web video."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 255, (height * 2, width * 2, 3), dtype=np.uint8)
+    texture = np.asarray(
+        torch.nn.functional.avg_pool2d(torch.from_numpy(texture).permute(2, 0, 1).float()[None], 9, 1, 4)[0]
+        .permute(1, 2, 0)
+        .clamp(0, 255)
+        .byte()
+    )
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        for i in range(int(seconds * fps)):
+            t = i / fps
+            ox, oy = int(40 * t) % width, int(20 * np.sin(t)) % height
+            frame = texture[oy : oy + height, ox : ox + width].astype(np.int16)
+            for k in range(3):
+                cx = width / 2 + width / 3 * np.sin(0.7 * t + 2 * k)
+                cy = height / 2 + height / 3 * np.cos(0.5 * t + k)
+                blob = ((xx - cx) ** 2 + (yy - cy) ** 2) < (18 + 6 * k) ** 2
+                frame[blob] = (80 * k, 200 - 60 * k, 120)
+            frame += rng.integers(-6, 7, frame.shape, dtype=np.int16)
+            video_frame = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def decode_all_no_conversion(path: Path) -> int:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        return sum(1 for _ in container.decode(stream))
+
+
+def median_ms(fn: Callable[[Path], Any], paths: list[Path], repeats: int) -> float:
+    times = []
+    for path in paths:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(path)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return 1000 * statistics.median(times)
+
+
+def split_of(paths: list[Path]) -> RetrievalSplit:
+    ids = [p.stem for p in paths]
+    return RetrievalSplit("bench", ids, [Caption(f"clip {i}", i) for i in ids], {p.stem: p for p in paths})
+
+
+def datasets(split: RetrievalSplit) -> dict[str, Any]:
+    tokenizer = Tokenizer(max_words=32, context_length=77)
+    return {
+        "train": VideoCaptionDataset(
+            split, FrameSpec(12, "random_per_segment", 12), "random_resized_crop_flip", 224, tokenizer, seed=0
+        ),
+        "test": GalleryDataset(split, FrameSpec(12, "uniform"), "resize_center_crop", 224),
+    }
+
+
+def item_ms(split: RetrievalSplit, kind: str, manifest: bool, repeats: int) -> float:
+    """Median ms of one dataset item per video; without the manifest every item starts with no count."""
+    times = []
+    for index in range(len(split.video_ids)):
+        best = float("inf")
+        for _ in range(repeats):
+            dataset = datasets(split)[kind]
+            if manifest:
+                prepare_frame_counts(dataset, 0)
+            start = time.perf_counter()
+            dataset[index]
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return 1000 * statistics.median(times)
+
+
+def epoch_clips_per_s(split: RetrievalSplit, folder: Path, workers: int, manifest: bool) -> dict[str, float]:
+    (folder / frame_counts.MANIFEST_NAME).unlink(missing_ok=True)
+    dataset = datasets(split)["test"]
+    start = time.perf_counter()
+    if manifest:
+        prepare_frame_counts(dataset, workers)
+    prepared = time.perf_counter()
+    for _ in make_gallery_loader(dataset, batch_size=4, num_workers=workers):
+        pass
+    end = time.perf_counter()
+    n = len(split.video_ids)
+    return {"clips_per_s": n / (end - start), "manifest_build_s": prepared - start if manifest else 0.0}
+
+
+def measure_kind(name: str, paths: list[Path], workers: list[int], repeats: int) -> dict[str, Any]:
+    folder = paths[0].parent
+    (folder / frame_counts.MANIFEST_NAME).unlink(missing_ok=True)
+    split = split_of(paths)
+    info = probe_video(paths[0])
+    result: dict[str, Any] = {
+        "videos": len(paths),
+        "frames_per_video": info.num_frames,
+        "fps": info.fps,
+        "size": f"{info.width}x{info.height}",
+        "bytes_per_video": int(statistics.mean(p.stat().st_size for p in paths)),
+        "decode_bound_ms": median_ms(decode_all_no_conversion, paths, repeats),
+        "probe_ms": median_ms(probe_video, paths, repeats),
+    }
+    for kind in ("train", "test"):
+        result[f"{kind}_item_cold_ms"] = item_ms(split, kind, manifest=False, repeats=repeats)
+        result[f"{kind}_item_manifest_ms"] = item_ms(split, kind, manifest=True, repeats=repeats)
+        result[f"{kind}_manifest_vs_bound"] = result[f"{kind}_item_manifest_ms"] / result["decode_bound_ms"]
+        result[f"{kind}_cold_vs_bound"] = result[f"{kind}_item_cold_ms"] / result["decode_bound_ms"]
+    result["epochs"] = {
+        str(w): {
+            "cold": epoch_clips_per_s(split, folder, w, False),
+            "manifest": epoch_clips_per_s(split, folder, w, True),
+        }
+        for w in workers
+    }
+    return result
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [
+        "# Video input pipeline vs the decode bound",
+        "",
+        f"{data['machine']}; torch threads 1; {data['videos']} videos per kind; 12 frames at 224 px. Per clip: "
+        "median over videos of the best of the repeats. Generated by `benchmarks/video_input.py`.",
+        "",
+        "| per clip (ms) | " + " | ".join(data["kinds"]) + " |",
+        "|---|" + "---:|" * len(data["kinds"]),
+    ]
+    rows = [
+        ("decode every frame, no conversion (bound)", "decode_bound_ms"),
+        ("probe_video (full decode to count)", "probe_ms"),
+        ("test item, cold (probe + decode + transform)", "test_item_cold_ms"),
+        ("test item, frame-count manifest", "test_item_manifest_ms"),
+        ("train item, cold", "train_item_cold_ms"),
+        ("train item, frame-count manifest", "train_item_manifest_ms"),
+    ]
+    for label, key in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{data['kinds'][k][key]:.1f}" for k in data["kinds"]) + " |")
+    for label, key in (
+        ("test item with manifest / bound", "test_manifest_vs_bound"),
+        ("train item with manifest / bound", "train_manifest_vs_bound"),
+        ("test item cold / bound", "test_cold_vs_bound"),
+    ):
+        lines.append(f"| {label} | " + " | ".join(f"{data['kinds'][k][key]:.2f}x" for k in data["kinds"]) + " |")
+    lines += [
+        "",
+        "| DataLoader gallery epoch (clips/s) | " + " | ".join(data["kinds"]) + " |",
+        "|---|" + "---:|" * len(data["kinds"]),
+    ]
+    for w in data["workers"]:
+        for mode in ("cold", "manifest"):
+            cells = [f"{data['kinds'][k]['epochs'][str(w)][mode]['clips_per_s']:.1f}" for k in data["kinds"]]
+            lines.append(f"| {w} worker(s), {mode} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+@app.command()
+def main(
+    videos: Annotated[int, typer.Option(help="Videos per kind.")] = 8,
+    seconds: Annotated[float, typer.Option(help="Length of each raw video.")] = 15.0,
+    fps: Annotated[int, typer.Option(help="Frame rate of the raw videos.")] = 30,
+    width: Annotated[int, typer.Option()] = 320,
+    height: Annotated[int, typer.Option()] = 240,
+    workers: Annotated[list[int] | None, typer.Option(help="DataLoader workers to time (repeatable).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timings per video (the best is kept).")] = 2,
+    work_dir: Annotated[Path | None, typer.Option(help="Where the videos are written (default: a temp dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results JSON (a .md table is written beside it).")] = None,
+) -> None:
+    torch.set_num_threads(1)
+    workers = workers or [0, 2]
+    base = Path(work_dir or tempfile.mkdtemp(prefix="psbench-video-input-"))
+    raw, small = base / "raw", base / "compressed"
+    raw.mkdir(parents=True, exist_ok=True)
+    for i in range(videos):
+        if not (raw / f"clip{i:03d}.mp4").is_file():
+            realistic_clip(raw / f"clip{i:03d}.mp4", seconds, fps, width, height, seed=i)
+    compress_videos(raw, small, CompressSettings(fps=3.0, size=224), workers=1)
+    kinds = {
+        f"raw {width}x{height} {fps} fps": sorted(raw.glob("*.mp4")),
+        "compressed 3 fps 224": sorted(small.rglob("*.mp4")),
+    }
+    data = {
+        "kind": "psbench-video-input",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread",
+        "videos": videos,
+        "workers": workers,
+        "kinds": {name: measure_kind(name, paths, workers, repeats) for name, paths in kinds.items()},
+    }
+    text = json.dumps(data, indent=2)
+    typer.echo(markdown(data))
+    if out is not None:
+        atomic.write_text(out, text + "\n")
+        atomic.write_text(out.with_suffix(".md"), markdown(data))
+    if work_dir is None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app()
