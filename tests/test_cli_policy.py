@@ -177,8 +177,9 @@ def test_workers_are_capped_by_the_machine(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(loader, "available_cpus", lambda: 2)
     assert loader.usable_workers(8) == 2
     assert loader.usable_workers(1) == 1
-    with pytest.raises(ValueError, match="num_workers must be >= 0"):
-        loader.usable_workers(-1)
+    assert loader.usable_workers(loader.ALL_CPUS) == 2
+    with pytest.raises(ValueError, match="num_workers must be >= 0 or -1"):
+        loader.usable_workers(-2)
 
 
 def test_every_missing_annotation_file_is_named_at_once(tmp_path: Path) -> None:
