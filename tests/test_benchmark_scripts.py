@@ -124,3 +124,14 @@ def test_index_10m_runs_at_toy_size(tmp_path: Path) -> None:
         xpool["status"] == "extrapolated" and xpool["index_bytes_per_video"] == 3 * 2 * 64 * 2 + 2
     )  # frames, keys, values (F=2, D=64, fp16) + mask
     assert out.with_suffix(".md").read_text().startswith("# Exact top-10")
+
+
+def test_video_input_runs_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "video_input.json"
+    args = ["--videos", "2", "--seconds", "2", "--workers", "0", "--workers", "2", "--repeats", "1", "--out", str(out)]
+    run_script("benchmarks/video_input.py", *args)
+    result = json.loads(out.read_text())
+    for kind in result["kinds"].values():
+        assert kind["decode_bound_ms"] > 0 and kind["test_item_manifest_ms"] > 0 and kind["probe_ms"] > 0
+        assert set(kind["epochs"]) == {"0", "2"} and all(v > 0 for e in kind["epochs"].values() for v in e.values())
+    assert "decode bound" in out.with_suffix(".md").read_text()
