@@ -188,3 +188,33 @@ def test_real_protocols_use_every_cpu_and_the_number_is_known() -> None:
         cfg = resolve(load_protocol(name), "meanpool")
         if cfg.data.dataset != "synthetic":
             assert cfg.train.num_workers == cfg.test.num_workers == ALL_CPUS, name
+
+
+def test_every_loader_worker_keeps_the_memory_it_frees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both loaders run allocator.keep_freed_memory once in each worker process (glibc mallopt there)."""
+    import sys
+
+    from psbench.data import allocator
+
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert allocator.keep_freed_memory()  # mallopt accepted both settings
+    log = tmp_path / "workers.txt"
+
+    def recording() -> bool:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+
+    monkeypatch.setattr(allocator, "keep_freed_memory", recording)
+    split = _videos(tmp_path, {"a": 8, "b": 8, "c": 8, "d": 8})
+    gallery = GalleryDataset(split, FrameSpec(4, "uniform"), "resize_center_crop", 16)
+    list(make_gallery_loader(gallery, batch_size=1, num_workers=2))
+    pids = log.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2 and str(os.getpid()) not in pids
+    tokenizer = Tokenizer(max_words=8, context_length=16)
+    train = VideoCaptionDataset(split, FrameSpec(4, "uniform"), "resize_center_crop", 16, tokenizer, seed=0)
+    loader = make_train_loader(train, batch_size=2, num_workers=2, seed=0, twin_pairs=False)
+    for epoch in range(2):  # persistent workers: initialised once, not per epoch
+        set_loader_epoch(loader, epoch)
+        list(loader)
+    assert len(log.read_text().split()) == 4

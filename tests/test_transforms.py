@@ -124,3 +124,28 @@ def test_bad_input_is_rejected_with_shape() -> None:
         t(np.zeros((2, 16, 16, 3), dtype=np.float32), None)
     with pytest.raises(ValueError, match=r"\(16, 16, 3\)"):
         t(np.zeros((16, 16, 3), dtype=np.uint8), None)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+@pytest.mark.parametrize("height, width", [(48, 64), (32, 44), (24, 24)])
+def test_normalize_gives_torchvision_values_and_the_old_layout(name: str, height: int, width: int) -> None:
+    """Every transform's output equals ``Normalize(mean, std)(ToTensor()(x))`` of the official code bases bit
+    for bit, with the strides the out-of-place form gave (channels-last after a resize, contiguous after a crop
+    view), so the patch convolution sees the same layout. Sizes: downscale, a no-op resize, a square input."""
+    import torchvision.transforms.v2.functional as TF
+
+    from psbench.data import transforms
+
+    def reference(frames: torch.Tensor) -> torch.Tensor:
+        return TF.normalize(frames.to(torch.float32) / 255.0, list(CLIP_MEAN), list(CLIP_STD))
+
+    video = random_video(3, height, width, seed=5)
+    ours = make_transform(name, 24)(video, np.random.default_rng(2))
+    original = transforms.normalize
+    try:
+        transforms.normalize = reference
+        expected = make_transform(name, 24)(video, np.random.default_rng(2))
+    finally:
+        transforms.normalize = original
+    assert torch.equal(ours, expected) and ours.stride() == expected.stride()
+    assert video.dtype == np.uint8  # the input is not modified

@@ -175,6 +175,35 @@ def test_compress_fps_size_timestamps_and_resume(tmp_path: Path) -> None:
         compress_videos(src, dst, CompressSettings(fps=5, size=32))
 
 
+def x264_settings(path: Path) -> str:
+    """The option string libx264 writes into the stream it encodes (an SEI user-data message)."""
+    data = path.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start : data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+def test_compress_tune_fastdecode_is_applied_recorded_and_part_of_the_recipe(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_video(src / "a.mp4", level_frames(12, 48, 64), fps=6)
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    compress_videos(src, plain, CompressSettings(fps=3, size=32))
+    compress_videos(src, fast, CompressSettings(fps=3, size=32, tune="fastdecode"))
+    assert "cabac=1" in x264_settings(plain / "a.mp4") and "deblock=1" in x264_settings(plain / "a.mp4")
+    assert "cabac=0" in x264_settings(fast / "a.mp4") and "deblock=0" in x264_settings(fast / "a.mp4")
+    assert (read_compress_recipe(plain)["tune"], read_compress_recipe(fast)["tune"]) == ("", "fastdecode")
+    with pytest.raises(ValueError, match="different recipe.*tune: 'fastdecode' there, '' now"):
+        compress_videos(src, fast, CompressSettings(fps=3, size=32))
+    # a recipe written before the tune key existed reads as "no tune"
+    recipe = json.loads((plain / RECIPE_FILE).read_text())
+    del recipe["tune"]
+    (plain / RECIPE_FILE).write_text(json.dumps(recipe))
+    assert compress_videos(src, plain, CompressSettings(fps=3, size=32)).skipped == [str(src / "a.mp4")]
+    with pytest.raises(ValueError, match="tune: '' there, 'fastdecode' now"):
+        compress_videos(src, plain, CompressSettings(fps=3, size=32, tune="fastdecode"))
+    with pytest.raises(ValueError, match="unknown tune 'fast'; libx264 knows film"):
+        CompressSettings(tune="fast")
+
+
 def test_compress_reports_an_unreadable_source_by_name(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_video(src / "ok.mp4", level_frames(4), fps=4)

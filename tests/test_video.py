@@ -120,6 +120,16 @@ def test_decode_frames_random_unsorted_repeated_indices(videos: dict[str, Path],
         assert [read_code(f) for f in frames] == indices
 
 
+@pytest.mark.parametrize("name", ["x264_plain", "x264_bframes", "mpeg4_bframes"])
+def test_decoded_pixels_equal_pyav_per_frame_conversion(videos: dict[str, Path], name: str) -> None:
+    """decode_frames' shared single-threaded colour converter gives exactly the pixels of PyAV's own
+    ``frame.to_ndarray(format="rgb24")`` (what psbench used before), frame by frame."""
+    with av.open(str(videos[name])) as container:
+        expected = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])  # (N, H, W, 3)
+    indices = list(range(NUM_FRAMES))[::-1]
+    assert np.array_equal(decode_frames(videos[name], indices), expected[indices])
+
+
 def test_prompt_switch_interleave_order_is_kept(videos: dict[str, Path]) -> None:
     indices = [2, 10, 18, 26, 34, 42, 5, 13, 21, 29, 37, 45]  # chunk 0 then chunk 1
     frames = decode_frames(videos["x264_bframes"], indices)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from psbench.data.allocator import loader_worker_init
 from psbench.data.frame_counts import FileStamp, FrameCounts, ensure_counts, manifest_folder
 from psbench.data.sampling import SAMPLERS, sample_frames
 from psbench.data.split import RetrievalSplit
@@ -509,6 +510,7 @@ def make_train_loader(
         num_workers=workers,
         collate_fn=functools.partial(collate_train, unique_videos=unique_videos),
         pin_memory=_pin_memory(),
+        worker_init_fn=loader_worker_init,
         # workers live across epochs (their frame counts and decoder state with them): the sampler's
         # (epoch, index) keys keep every item a pure function of (seed, epoch, index)
         persistent_workers=workers > 0,
@@ -526,6 +528,7 @@ def make_gallery_loader(dataset: GalleryDataset, batch_size: int, num_workers: i
         num_workers=_capped_workers(num_workers),
         collate_fn=collate_gallery,
         pin_memory=_pin_memory(),
+        worker_init_fn=loader_worker_init,
     )
 
 

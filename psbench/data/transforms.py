@@ -11,6 +11,7 @@ Transforms are small picklable classes so that DataLoader workers can receive th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,10 +44,31 @@ def to_tensor(frames: np.ndarray) -> Tensor:
 
 
 def normalize(frames: Tensor) -> Tensor:
-    """(F, 3, S, S) uint8 -> float32 in CLIP-normalised units."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (frames.to(torch.float32) / 255.0 - mean) / std  # (F, 3, S, S)
+    """(F, 3, S, S) uint8 -> float32 in CLIP-normalised units: ``(x / 255 - mean) / std``, same memory layout.
+
+    The same three correctly rounded float32 operations as torchvision's ``ToTensor`` + ``Normalize``, so the
+    values are bit-identical, and the layout is the one ``frames.float()`` has (channels-last after a resize),
+    which the model's patch convolution sees. Done on one buffer, in place, and never across the layout:
+    channels-last frames are read as (F, S*S*3) rows against a repeated per-channel (S*S*3,) pattern, where
+    broadcasting a (1, 3, 1, 1) mean would be torch's slow path (``benchmarks/video_input.py``).
+    """
+    out = frames.div(255.0)  # (F, 3, S, S) float32, the layout of frames.float()
+    if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        rows = out.permute(0, 2, 3, 1).view(out.shape[0], -1)  # (F, S*S*3), channel fastest
+        mean, std = _channel_patterns(rows.shape[1] // 3)
+        rows.sub_(mean).div_(std)
+    else:
+        mean, std = _channel_patterns(1)
+        out.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_patterns(pixels: int) -> tuple[Tensor, Tensor]:
+    """The CLIP mean and std repeated for ``pixels`` channel-last pixels: two (pixels * 3,) float32 tensors."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).repeat(pixels)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).repeat(pixels)
+    return mean, std
 
 
 @TRANSFORMS.register("resize_center_crop")

@@ -9,7 +9,7 @@ k / fps minus half a source frame interval, i.e. the nearest one; a source slowe
 frames repeated, so the output has a constant rate.
 
 Work runs in parallel processes and is resumable: an output that exists and decodes is skipped, and
-every output is written to a temporary file, then renamed. The recipe (fps, size, codec, crf, the
+every output is written to a temporary file, then renamed. The recipe (fps, size, codec, crf, x264 tune, the
 psbench and PyAV versions, the source folder, counts) is written to ``dst/compress_recipe.json``; a
 run with a different recipe into the same ``dst`` is refused. :func:`read_compress_recipe` reads it
 back (the runner copies it into run records).
@@ -40,7 +40,12 @@ log = logging.getLogger(__name__)
 RECIPE_FILE = "compress_recipe.json"
 RECIPE_SCHEMA_VERSION = 1
 #: recipe keys that must match for a resumed run to write into an existing ``dst``
-RECIPE_IDENTITY = ("fps", "size", "codec", "crf", "preset", "pix_fmt", "interpolation")
+RECIPE_IDENTITY = ("fps", "size", "codec", "crf", "preset", "pix_fmt", "interpolation", "tune")
+#: the value of an identity key in recipes written before the key existed
+RECIPE_LEGACY_VALUES = {"tune": ""}
+#: libx264 ``tune`` values; ``fastdecode`` (no CABAC, no deblocking filter, no weighted prediction) trades
+#: a slightly larger file for a much cheaper decode (reports/cpu_2cores/video_input.md)
+X264_TUNES = ("", "film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,16 @@ class CompressSettings:
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     interpolation: str = "BICUBIC"
+    tune: str = ""  # libx264 --tune; "" = none
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
             raise ValueError(f"compress: fps must be > 0, got {self.fps}")
+        if self.tune not in X264_TUNES:
+            choices = ", ".join(t for t in X264_TUNES if t)
+            raise ValueError(f"compress: unknown tune {self.tune!r}; libx264 knows {choices}")
+        if self.tune and self.codec != "libx264":
+            raise ValueError(f"compress: tune {self.tune!r} is a libx264 option; codec is {self.codec!r}")
         if self.size < 2 or self.size % 2:
             raise ValueError(f"compress: size must be an even number >= 2 (yuv420p), got {self.size}")
 
@@ -156,7 +167,8 @@ def compress_video(src: Path, dst: Path, settings: CompressSettings) -> int:
                         enc = out.add_stream(settings.codec, rate=out_rate)
                         enc.width, enc.height, enc.pix_fmt = width, height, settings.pix_fmt
                         if settings.codec == "libx264":
-                            enc.options = {"crf": str(settings.crf), "preset": settings.preset}
+                            tune = {"tune": settings.tune} if settings.tune else {}
+                            enc.options = {"crf": str(settings.crf), "preset": settings.preset, **tune}
                     while written / settings.fps <= (t - start) + half:
                         small = _fresh_frame(frame, enc.width, enc.height, settings)
                         small.pts = written  # in the encoder's time base, 1 / fps
@@ -226,7 +238,8 @@ def _check_existing_recipe(dst: Path, recipe: dict[str, Any]) -> None:
     old = read_compress_recipe(dst)
     if old is None:
         return
-    differ = [k for k in RECIPE_IDENTITY if k in old and old[k] != recipe[k]]
+    old = {k: old.get(k, RECIPE_LEGACY_VALUES.get(k)) for k in RECIPE_IDENTITY}
+    differ = [k for k in RECIPE_IDENTITY if old[k] is not None and old[k] != recipe[k]]
     if differ:
         detail = ", ".join(f"{k}: {old[k]!r} there, {recipe[k]!r} now" for k in differ)
         raise ValueError(f"compress: {dst} was written with a different recipe ({detail}); choose another --dst")
@@ -255,6 +268,7 @@ def compress_videos(
         "preset": settings.preset,
         "pix_fmt": settings.pix_fmt,
         "interpolation": settings.interpolation,
+        "tune": settings.tune,
         "frame_selection": "nearest source frame to each k/fps timestamp; repeated when the source is slower",
         "resize": "shorter side to size, aspect kept, longer side rounded to even",
         "audio": "dropped",
