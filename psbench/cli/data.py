@@ -74,7 +74,9 @@ def data_pretrain_clip(
 
 
 def verify(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name: msrvtt, msvd, lsmdc, synthetic.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="Dataset name: msrvtt, msvd, lsmdc, activitynet, didemo, synthetic.")
+    ],
     root: Annotated[Path, typer.Option(help="Dataset root (annotation files + the protocol's video folder).")],
     protocol: Annotated[
         str | None, typer.Option(help="Protocol name or .toml path whose splits are checked (default: the dataset's).")

@@ -1,4 +1,4 @@
-"""The real datasets (MSR-VTT, MSVD, LSMDC): their split loaders, for the dataset registry (spec §8).
+"""The real datasets (MSR-VTT, MSVD, LSMDC, ActivityNet Captions, DiDeMo): their split loaders (spec §8).
 
 Each loader has the registry signature ``(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit``.
 Annotation files come from ``cfg.files`` (keys below; a missing key takes the default file name of the
@@ -15,7 +15,9 @@ official release), relative to the data root (an absolute path is used as is). V
   ``<split>_captions`` exists, in which case ``<split>`` is a training id csv and
   ``<split>_captions`` the ``MSRVTT_data.json`` that gives its captions;
 - msvd: ``captions`` (``captions_msvd.json``) and ``<split>`` (an id list per split);
-- lsmdc: ``<split>`` (a six-column tab-separated file).
+- lsmdc: ``<split>`` (a six-column tab-separated file);
+- activitynet: ``<split>`` (captions json: ``train.json``, ``val_1.json``) and ``<split>_ids`` (id list json);
+- didemo: ``<split>`` (moment annotations json) and optionally ``<split>_list`` (video names to keep).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path, PurePath
 
+from psbench.data.activitynet import load_activitynet_split
+from psbench.data.didemo import load_didemo_split
 from psbench.data.lsmdc import load_lsmdc_split
 from psbench.data.msrvtt import load_msrvtt_test, load_msrvtt_train
 from psbench.data.msvd import load_msvd_split
@@ -47,6 +51,18 @@ DEFAULT_FILES: dict[str, dict[str, str]] = {
         "train": "LSMDC16_annos_training.csv",
         "val": "LSMDC16_annos_val.csv",
         "test": "LSMDC16_challenge_1000_publictect.csv",
+    },
+    # CLIP4Clip evaluates ActivityNet on val_1 (it has no test loader)
+    "activitynet": {
+        "train": "train.json",
+        "train_ids": "train_ids.json",
+        "test": "val_1.json",
+        "test_ids": "val_ids.json",
+    },
+    "didemo": {
+        "train": "train_data.json",
+        "val": "val_data.json",
+        "test": "test_data.json",
     },
 }
 
@@ -129,6 +145,17 @@ def _load_lsmdc(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
     return load_lsmdc_split(_file(cfg, "lsmdc", root, split), video_folder(cfg, root), name=split)
 
 
+def _load_activitynet(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
+    captions, ids = _files(cfg, "activitynet", root, split, f"{split}_ids")
+    return load_activitynet_split(captions, ids, video_folder(cfg, root), name=split)
+
+
+def _load_didemo(cfg: DataConfig, root: Path, split: str) -> RetrievalSplit:
+    has_list = f"{split}_list" in annotation_files(cfg, "didemo")
+    data, *listed = _files(cfg, "didemo", root, split, *([f"{split}_list"] if has_list else []))
+    return load_didemo_split(data, video_folder(cfg, root), name=split, list_txt=listed[0] if listed else None)
+
+
 def _finished(loader: SplitLoader) -> SplitLoader:
     """The dataset's parser, then exclusion and training de-duplication."""
 
@@ -144,4 +171,6 @@ REAL_LOADERS: dict[str, SplitLoader] = {
     "msrvtt": _finished(_load_msrvtt),
     "msvd": _finished(_load_msvd),
     "lsmdc": _finished(_load_lsmdc),
+    "activitynet": _finished(_load_activitynet),
+    "didemo": _finished(_load_didemo),
 }
