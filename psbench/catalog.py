@@ -115,6 +115,11 @@ def method_options(name: str) -> list[str]:
     return sorted(params - set(method_entry(name).fixed))
 
 
+def frame_count_error(name: str, frames: int, options: dict[str, Any] | None = None) -> str | None:
+    """Why method ``name`` (with ``options`` and its entry's fixed ones) cannot take ``frames``-frame videos."""
+    return method_class(name).frame_count_error(frames, {**(options or {}), **method_entry(name).fixed})
+
+
 def create_method(name: str, clip: nn.Module, options: dict[str, Any] | None = None) -> RetrievalMethod:
     """Build a catalogued method from its name and options, rejecting unknown or fixed options by name."""
     entry = method_entry(name)

@@ -128,6 +128,12 @@ class RetrievalMethod(nn.Module, ABC):
         return text["text"], video["video"]
 
     @classmethod
+    def frame_count_error(cls, frames: int, options: dict[str, Any]) -> str | None:
+        """Why videos of ``frames`` frames cannot be encoded with constructor ``options`` (None: they can).
+        Commands check it for every method before any work starts."""
+        return None
+
+    @classmethod
     def is_inner_product(cls) -> bool:
         """One stored vector per video, scored by a dot product (the default ``similarity``)."""
         return cls.similarity is RetrievalMethod.similarity

@@ -178,6 +178,11 @@ def seed_and_all_seeds(env: Env, tmp: Path) -> tuple[list[str], str]:
     return _run_args(env.data, tmp / "runs", "--seed", "0", "--all-seeds"), "--all-seeds"
 
 
+def frames_the_method_cannot_take(env: Env, tmp: Path) -> tuple[list[str], str]:
+    argv = _run_args(env.data, tmp / "runs", "--set=test.frames=7")
+    return [a if a != "meanpool" else "promptswitch" for a in argv], "test.frames = 7: Prompt Switch needs"
+
+
 CASES: list[Callable[[Env, Path], tuple[list[str], str]]] = [
     index_garbage,
     bench_unknown_protocol,
@@ -197,6 +202,7 @@ CASES: list[Callable[[Env, Path], tuple[list[str], str]]] = [
     bracketed_data_root,
     unknown_method,
     seed_and_all_seeds,
+    frames_the_method_cannot_take,
 ]
 
 

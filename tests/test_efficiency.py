@@ -231,3 +231,15 @@ def test_gallery_cap_counts_reclaimable_page_cache() -> None:
     assert available >= 0.9 * free_pages  # page cache only adds to what is free
     expected = min(8 * 2**30, available // 2)
     assert eff.default_gallery_cap(torch.device("cpu")) == pytest.approx(expected, rel=0.1)  # memory moves
+
+
+def test_a_frame_count_a_method_cannot_take_fails_before_anything_is_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    measured: list[str] = []
+    monkeypatch.setattr(eff, "measure_method", lambda name, *args, **kwargs: measured.append(name) or {})
+    with pytest.raises(ValueError, match="multiple of num_prompts: got 64 frames per video with num_prompts=6"):
+        eff.run_efficiency(tiny_config(frames=64))
+    assert measured == []  # not meanpool and xpool first, then the error
+    eff.run_efficiency(tiny_config(frames=64, methods=["promptswitch"], options={"promptswitch": {"num_prompts": 8}}))
+    assert measured == ["promptswitch"]

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from psbench.backbone import flops as towers
 from psbench.backbone.clip import create_clip, tokenizer_for
-from psbench.catalog import create_method, efficiency_methods, method_entry
+from psbench.catalog import create_method, efficiency_methods, frame_count_error, method_entry
 from psbench.efficiency import flops
 from psbench.efficiency.config import DTYPES, EfficiencyConfig
 from psbench.files import atomic
@@ -656,6 +656,9 @@ def run_efficiency(
     names = cfg.methods or efficiency_methods()
     for name in names:
         method_entry(name)  # fail early on unknown names
+    errors = [e for name in names if (e := frame_count_error(name, cfg.frames, cfg.options.get(name)))]
+    if errors:  # before anything is measured: a late failure would throw the finished methods away
+        raise ValueError("; ".join(errors) + " (choose --frames, or set the option with --set)")
     sizes = gallery_sizes(cfg.gallery, cfg.sweep, cfg.min_gallery, cfg.points_per_decade)
     ratio_pair = {"xpool", XPOOL_FOLDED, "promptswitch"}
     # the ratio's extra sizes stay inside the requested range (never beyond --gallery)

@@ -37,6 +37,7 @@ Deviations and choices, recorded by ``extra_state()``:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -148,6 +149,16 @@ class PromptSwitch(RetrievalMethod):
             return int(visual.proj.shape[1])
         return int(visual.class_embedding.shape[-1])
 
+    @classmethod
+    def frame_count_error(cls, frames: int, options: dict[str, Any]) -> str | None:
+        prompts = int(options.get("num_prompts", inspect.signature(cls.__init__).parameters["num_prompts"].default))
+        if frames % prompts:
+            return (
+                f"Prompt Switch needs a frame count that is a multiple of num_prompts: got {frames} frames per "
+                f"video with num_prompts={prompts}"
+            )
+        return None
+
     # -- vision --------------------------------------------------------------------------------
     def encode_frames(self, frames: Tensor) -> Tensor:
         """Un-normalised projected frame features. frames (N, F, 3, H, W) -> (N, F, D).
@@ -156,11 +167,8 @@ class PromptSwitch(RetrievalMethod):
         """
         n, f = frames.shape[:2]
         npr = self.num_prompts
-        if f % npr:
-            raise ValueError(
-                f"Prompt Switch needs a frame count that is a multiple of num_prompts: got {f} frames per "
-                f"video with num_prompts={npr}"
-            )
+        if error := self.frame_count_error(f, {"num_prompts": npr}):
+            raise ValueError(error)
         visual = self.clip.visual
         x = embed_frames(visual, frames.flatten(0, 1))  # (N*F, T, W)
         total, num_tokens, width = x.shape

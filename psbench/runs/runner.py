@@ -19,7 +19,7 @@ import torch
 
 from psbench import distributed
 from psbench.backbone import clip as backbone
-from psbench.catalog import create_method
+from psbench.catalog import create_method, frame_count_error
 from psbench.data.datasets import expected_videos, load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader, prepare_frame_counts, usable_workers
 from psbench.data.prepare.compress import read_compress_recipe
@@ -184,6 +184,19 @@ def resume(
     return _execute(run.config, paths, options, resumed=run)
 
 
+def check_frame_counts(cfg: RunConfig) -> None:
+    """ValueError naming the setting if the method cannot take the frames the protocol gives it (before any work:
+    a test-frame error found after training would come too late)."""
+    stages = {"test.frames": cfg.test.frames, **({"train.frames": cfg.train.frames} if cfg.train.epochs > 0 else {})}
+    errors = [
+        f"{key} = {frames}: {e}"
+        for key, frames in stages.items()
+        if (e := frame_count_error(cfg.method, frames, cfg.options))
+    ]
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
 def _execute(
     cfg: RunConfig,
     paths: RunPaths,
@@ -196,6 +209,7 @@ def _execute(
     progress = (opts.progress if here.is_main else None) or SilentProgress()
     if cfg.train.epochs > 0:
         distributed.per_process_batch(cfg.train.batch_size, here.world_size)
+    check_frame_counts(cfg)
     problems = [] if paths.weights is None or paths.weights.is_file() else [f"CLIP weights not found: {paths.weights}"]
     if paths.weights is None and cfg.backbone.weights != RANDOM_WEIGHTS:
         problems.append(
