@@ -24,6 +24,14 @@ def test_positions_match_released_vit_b32_list():
         shift_positions(5, 7)
 
 
+def test_positions_for_vit_b16_follow_the_released_rule():
+    """TS2-Net computes ``fold = T // n_div`` at run time and shifts ``arange(1, T, fold)`` forward and
+    ``arange(4, T, fold)`` backward (until_module.py, PatchShiftModule.forward): for 197 tokens fold is 28."""
+    forward, backward = shift_positions(197, 7)
+    assert forward == [1, 29, 57, 85, 113, 141, 169]
+    assert backward == [4, 32, 60, 88, 116, 144, 172]
+
+
 def _coded_tokens(
     videos: int, frames: int, tokens: int, channels: int = 3, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:

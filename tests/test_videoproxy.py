@@ -49,6 +49,18 @@ def test_mask_pattern_by_hand():
     assert proxy_attention_mask(4, 12, 49).shape == (592, 592)
 
 
+def test_mask_for_vit_b16_patches():
+    """196 patches per frame (ViT-B/16): each patch sees the proxies and its own frame only; proxies see all."""
+    m, f, p = 4, 3, 196
+    allowed = ~proxy_attention_mask(m, f, p)  # (L, L), L = M + F*P
+    assert allowed.shape == (m + f * p, m + f * p)
+    assert allowed[:m].all()  # proxies attend to every token
+    frame_of = torch.arange(f).repeat_interleave(p)  # (F*P,)
+    patches = allowed[m:]  # (F*P, L)
+    assert patches[:, :m].all()
+    assert torch.equal(patches[:, m:], frame_of[:, None] == frame_of[None, :])
+
+
 def test_new_parameters_and_init(clip):
     torch.manual_seed(3)
     m = create_method("videoproxy", clip, {"num_proxies": 4, "temporal_size": 12})
