@@ -24,7 +24,8 @@ NUM_VIDEOS = 4
 @dataclass(frozen=True)
 class Shape:
     """A backbone and a frame count every method must take: the tiny ViT (17 tokens per frame), its patch-16
-    sibling at 224 px (196 patch tokens, as ViT-B/16), and the paragraph protocols' 64 frames."""
+    sibling at 224 px (196 patch tokens, as ViT-B/16), a patch-14 one (ViT-L/14's family), and the paragraph
+    protocols' 64 frames."""
 
     arch: str
     frames: int
@@ -37,6 +38,7 @@ class Shape:
 SHAPES = {
     "tiny-f6": Shape("psbench-tiny", 6),
     "p16-f6": Shape("psbench-tiny-p16", 6),
+    "p14-f6": Shape("psbench-tiny-p14", 6),
     "tiny-f64": Shape("psbench-tiny", 64),
 }
 #: Prompt Switch's frames come in chunks of num_prompts: 64 frames take 8 prompts

@@ -74,3 +74,24 @@ def test_zero_shot_run_writes_a_complete_record(tmp_path: Path, dataset: str, me
     for direction in ("t2v", "v2t"):
         assert set(metrics[direction]) >= {"R1", "R5", "R10", "MdR", "MnR"}
     assert config["config"]["data"]["dataset"] == dataset and config["config"]["train"]["epochs"] == 0
+
+
+def test_a_larger_backbone_family_needs_only_a_protocol_file(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """ViT-L/14's family (patch 14) at tiny size: a protocol file naming the architecture is all it takes; no
+    code knows the patch size. Zero-shot runs of every method with per-frame tokens (Token Shift shifts them)."""
+    from psbench.protocol import PROTOCOL_DIR
+
+    text = (PROTOCOL_DIR / "synthetic.toml").read_text()
+    text = text.replace('name = "synthetic"', 'name = "synthetic-p14"').replace(
+        'arch = "psbench-tiny"', 'arch = "psbench-tiny-p14"'
+    )
+    text = text.replace('weights = "tiny_clip.pt"', 'weights = "random"').replace("resolution = 32", "resolution = 56")
+    protocol = tmp_path / "synthetic-p14.toml"
+    protocol.write_text(text)
+    sets = {"train.epochs": 0, "test.batch_size": 8, "test.num_workers": 0}
+    for method in ("meanpool", "tokenshift", "videoproxy"):
+        cfg = resolve(load_protocol(str(protocol)), method, 0, sets)
+        assert cfg.backbone.arch == "psbench-tiny-p14"
+        run_dir = run(cfg, tmp_path / "runs", data_root=tiny_synthetic)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["num_videos"] == 8 and set(metrics["t2v"]) >= {"R1", "MnR"}, method
