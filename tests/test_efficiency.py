@@ -47,6 +47,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     return eff.run_efficiency(tiny_config(), out), out
 
 
+@pytest.mark.slow  # a whole efficiency sweep
 def test_json_has_every_field(tiny_result: tuple[dict, Path]) -> None:
     result, out = tiny_result
     on_disk = json.loads((out / "efficiency.json").read_text())

@@ -56,7 +56,16 @@ def oracle(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method_cls", [StoredEmbeddings, StoredAttentionPool])
-@pytest.mark.parametrize(("k", "bq", "bv"), [(1, 4, 5), (5, 3, 7), (10, 64, 64), (10, 5, 300), (37, 2, 3), (3, 1, 1)])
+@pytest.mark.parametrize(
+    ("k", "bq", "bv"),
+    [
+        (1, 4, 5),
+        *(
+            pytest.param(*c, marks=pytest.mark.slow)
+            for c in [(5, 3, 7), (10, 64, 64), (10, 5, 300), (37, 2, 3), (3, 1, 1)]
+        ),
+    ],
+)  # make test-fast keeps the first block shape
 def test_device_path_equals_float32_oracle(
     device: str, dtype: torch.dtype, method_cls: type[RetrievalMethod], k: int, bq: int, bv: int
 ) -> None:
@@ -109,7 +118,17 @@ def test_fp16_values_that_tie_stay_tied(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("v", "k"), [(1, 1), (7, 7), (7, 10), (300, 1), (300, 10), (1000, 10), (1030, 4), (513, 100)])
+@pytest.mark.parametrize(
+    ("v", "k"),
+    [
+        (1, 1),
+        (7, 7),
+        (7, 10),
+        (300, 1),
+        (300, 10),
+        *(pytest.param(*c, marks=pytest.mark.slow) for c in [(1000, 10), (1030, 4), (513, 100)]),
+    ],
+)  # make test-fast keeps the small galleries
 def test_block_topk_keys_equals_full_row_keys(device: str, dtype: torch.dtype, v: int, k: int) -> None:
     scores = quantised(6, v, seed=v + k, levels=6).to(device, dtype)  # (q, v) many exact ties
     scores[0, v // 2] = -0.0

@@ -56,7 +56,10 @@ def test_real_1ka_duplicated_sentences_match_spec() -> None:
 
 
 @real_files
-@pytest.mark.parametrize(("name", "expected"), [("MSRVTT_train.9k.csv", 9000), ("MSRVTT_train.7k.csv", 7010)])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("MSRVTT_train.9k.csv", 9000), pytest.param("MSRVTT_train.7k.csv", 7010, marks=pytest.mark.slow)],
+)
 def test_real_train_id_lists(tmp_path: Path, name: str, expected: int) -> None:
     ids_csv = ANNOTATIONS / name
     ids = [line.strip() for line in ids_csv.read_text().splitlines()[1:] if line.strip()]

@@ -13,6 +13,7 @@ from psbench.data.activitynet import activitynet_video_path, load_activitynet_sp
 from psbench.data.datasets import DATASETS, load_split
 from psbench.data.didemo import didemo_video_path, load_didemo_split
 from psbench.data.paths import AnnotationError
+from psbench.data.split import RetrievalSplit
 from psbench.protocol import DataConfig
 from tests.paths import SHARED_ANNOTATIONS
 
@@ -24,12 +25,17 @@ def shared() -> Path:
     return SHARED_ANNOTATIONS
 
 
+@pytest.fixture(scope="module")
+def activitynet_test(shared: Path) -> RetrievalSplit:
+    return load_split(DataConfig(dataset="activitynet"), shared / "activitynet", "test")
+
+
 def test_paragraph_datasets_are_registered() -> None:
     assert "activitynet" in DATASETS and "didemo" in DATASETS
 
 
-def test_activitynet_test_is_val_1_with_its_ids_one_paragraph_per_video(shared: Path) -> None:
-    split = load_split(DataConfig(dataset="activitynet"), shared / "activitynet", "test")
+def test_activitynet_test_is_val_1_with_its_ids_one_paragraph_per_video(shared: Path, activitynet_test) -> None:
+    split = activitynet_test
     # val_ids.json lists 4,925 ids, val_1.json has 4,917 entries, 4,916 are in both (CLIP4Clip's test set)
     assert len(split.video_ids) == len(split.captions) == 4916
     assert split.caption_video_index() == list(range(4916))
@@ -39,7 +45,12 @@ def test_activitynet_test_is_val_1_with_its_ids_one_paragraph_per_video(shared: 
     assert sum(len(raw[v]["sentences"]) for v in split.video_ids) == 17500
     bad = (shared / "activitynet" / "bad_vids.txt").read_text().split()
     assert len(bad) == 3 and not set(bad) & set(split.video_ids)
+
+
+@pytest.mark.slow  # reads the 4 MB training file
+def test_activitynet_train_has_one_paragraph_per_listed_video(shared: Path) -> None:
     train = load_split(DataConfig(dataset="activitynet"), shared / "activitynet", "train")
+    # train_ids.json lists 10,022 ids, train.json has 10,009 entries, 10,007 are in both
     assert len(train.video_ids) == len(train.captions) == 10007
 
 
@@ -150,6 +161,7 @@ def test_paragraph_protocol_resolves_for_every_method(name: str) -> None:
             assert cfg.train.frames % prompts == 0 and cfg.test.frames % prompts == 0
 
 
+@pytest.mark.slow  # loads both test splits through their protocols
 @pytest.mark.parametrize("name", sorted(PARAGRAPH_PROTOCOLS))
 def test_paragraph_protocol_counts_and_references(name: str, shared: Path) -> None:
     import csv

@@ -282,6 +282,7 @@ def test_duplicated_captions_tie_in_v2t_and_the_expected_rule_scores_them(
     assert opt["MnR"] < exp["MnR"] < pes["MnR"]
 
 
+@pytest.mark.slow  # scores all 27,763 MSVD captions
 def test_msvd_shared_caption_strings_tie_and_the_expected_rule_scores_them(annotations: Path, metrics) -> None:
     split = split_of(annotations, "msvd", "test")
     shared = duplicated(split)

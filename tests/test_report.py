@@ -98,6 +98,7 @@ def test_paired_tests_only_on_the_same_test_data(tmp_path: Path, runs: Path):
     assert float(ps_vs_mp.cells[3].split("\n")[0].replace("−", "-")) > 0  # promptswitch ranks are much better
 
 
+@pytest.mark.slow  # renders a PDF
 def test_report_files_markdown_and_multipage_pdf(runs: Path, tmp_path: Path):
     out = tmp_path / "report"
     result = build_report([runs], out, stats=FAST)
@@ -186,6 +187,7 @@ def test_different_test_data_with_same_protocol_hash_is_split(runs: Path, tmp_pa
     assert sorted(labels) == ["promptswitch\ntest data aaaa1111", "promptswitch\ntest data eeee9999"]
 
 
+@pytest.mark.slow  # renders a PDF
 def test_pdf_tables_fit_the_page_and_split_over_pages(tmp_path: Path):
     from psbench.report.document import Document, Row
     from psbench.report.pdf import BODY_W, layout_table, render_pdf

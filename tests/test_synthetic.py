@@ -46,17 +46,28 @@ def decode(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+class _Generations(dict):
+    """Tiny generations made on first use (a fast run builds only the one its tests read): "a" seed 0 with
+    1 worker, "b" seed 0 again with 2 workers, "other" seed 1."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, name: str) -> Path:
+        seed, workers = {"a": (0, 1), "b": (0, 2), "other": (1, 1)}[name]
+        root = self.factory.mktemp(name)
+        calls: list[tuple[int, int]] = []
+        generate_synthetic(root, seed=seed, workers=workers, progress=lambda d, t: calls.append((d, t)), **TINY)
+        total = 2 * sum(TINY.values())
+        assert calls[-1] == (total, total) and len(calls) == sum(TINY.values())
+        self[name] = root
+        return root
+
+
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three tiny generations: seed 0 (1 worker), seed 0 again (2 workers), seed 1."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in ("a", "b", "other")}
-    calls: list[tuple[int, int]] = []
-    generate_synthetic(roots["a"], seed=0, workers=1, progress=lambda d, t: calls.append((d, t)), **TINY)
-    generate_synthetic(roots["b"], seed=0, workers=2, **TINY)
-    generate_synthetic(roots["other"], seed=1, workers=1, **TINY)
-    total = 2 * sum(TINY.values())
-    assert calls[-1] == (total, total) and len(calls) == sum(TINY.values())
-    return roots
+    return _Generations(tmp_path_factory)
 
 
 def all_ids(root: Path) -> list[str]:
@@ -76,6 +87,7 @@ def test_same_seed_same_bytes_and_pixels(sets: dict[str, Path]) -> None:
         assert np.array_equal(decode(a / "videos" / f"{vid}.mp4"), decode(b / "videos" / f"{vid}.mp4")), vid
 
 
+@pytest.mark.slow  # generates another set
 def test_different_seed_differs(sets: dict[str, Path]) -> None:
     a, other = sets["a"], sets["other"]
     assert (a / "test.csv").read_bytes() != (other / "test.csv").read_bytes()
@@ -86,6 +98,7 @@ def test_different_seed_differs(sets: dict[str, Path]) -> None:
     assert not np.array_equal(decode(a / "videos" / "synth00000.mp4"), decode(other / "videos" / "synth00000.mp4"))
 
 
+@pytest.mark.slow  # generates another set
 def test_resume_keeps_videos_and_rewrites_missing(sets: dict[str, Path], tmp_path: Path) -> None:
     root = tmp_path / "set"
     meta = generate_synthetic(root, seed=0, workers=1, **TINY)
