@@ -40,6 +40,7 @@ import typer
 
 from psbench.backbone.clip import Tokenizer
 from psbench.data import allocator, frame_counts
+from psbench.data.frame_counts import FrameCounts
 from psbench.data.loader import (
     FrameSpec,
     GalleryDataset,
@@ -111,8 +112,7 @@ def datasets(split: RetrievalSplit) -> dict[str, Any]:
 
 def forget_counts(dataset: Any) -> None:
     """Drop every frame count the dataset knows, as a fresh loader worker had none before the manifest."""
-    dataset.clips._num_frames.clear()
-    dataset.clips._stamps.clear()
+    dataset.clips.use_frame_counts(FrameCounts(Path(".")))
 
 
 def per_clip_ms(paths: list[Path], repeats: int) -> dict[str, float]:

@@ -95,11 +95,15 @@ class FrameCounts:
             return str(video)
 
     def count(self, video: Path) -> int | None:
-        """The recorded count of ``video`` if its size and mtime are unchanged; None if unknown or stale."""
+        """The recorded count of ``video`` if its size and mtime are unchanged; None if unknown, stale or gone
+        (the caller's probe then names the file)."""
         entry = self.entries.get(self.key(video))
         if entry is None:
             return None
-        stamp = FileStamp.of(video)
+        try:
+            stamp = FileStamp.of(video)
+        except OSError:
+            return None
         if (entry["size"], entry["mtime_ns"]) != (stamp.size, stamp.mtime_ns):
             self.stale.append(str(video))
             log.warning("%s changed since its frame count was recorded (size or mtime differ): probing it again", video)

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from psbench.data.allocator import loader_worker_init
-from psbench.data.frame_counts import FileStamp, FrameCounts, ensure_counts, manifest_folder
+from psbench.data.frame_counts import FrameCounts, ensure_counts, manifest_folder
 from psbench.data.sampling import SAMPLERS, sample_frames
 from psbench.data.split import RetrievalSplit
 from psbench.data.transforms import VideoTransform, make_transform
@@ -59,36 +59,29 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class _VideoClips:
     """Reads the sampled, transformed frames of the split's videos.
 
-    Frame counts come from :meth:`use_frame_counts` (the persisted manifest, loaded once in the main
-    process and inherited by every loader worker), else from probing the video once per process. A
-    recorded count is used only while the file's size and mtime are the recorded ones: a video changed
-    since is named in a warning and probed again, never sampled with a stale count.
+    Frame counts come from a :class:`FrameCounts` (the persisted manifest after :meth:`use_frame_counts`,
+    loaded once in the main process and inherited by every loader worker; otherwise an empty in-memory one),
+    which trusts a recorded count only while the file's size and mtime are the recorded ones: a video
+    changed since is named in a warning and probed again, never sampled with a stale count. A count probed
+    here is recorded in that same object, so each process probes a video at most once.
     """
 
     def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
         self.split, self.frames = split, frames
         self.transform: VideoTransform = make_transform(transform, size)
-        self._num_frames: dict[str, int] = {}
-        self._stamps: dict[str, FileStamp] = {}
+        self.counts = FrameCounts(Path("."))  # in memory until use_frame_counts hands over the manifest
 
-    def use_frame_counts(self, counts: FrameCounts, video_ids: Iterable[str]) -> None:
-        """Take the manifest's (already ensured) counts of ``video_ids`` with the file stamps they belong to."""
-        for video_id in video_ids:
-            path = self.path(video_id)
-            entry = counts.entries.get(counts.key(path))
-            if entry is not None:
-                self._num_frames[video_id] = entry["frames"]
-                self._stamps[video_id] = FileStamp(entry["size"], entry["mtime_ns"])
+    def use_frame_counts(self, counts: FrameCounts) -> None:
+        """Read frame counts from ``counts`` (the dataset's manifest, already ensured) from now on."""
+        self.counts = counts
 
-    def frame_count(self, video_id: str, path: Path) -> int:
-        known, stamp = self._num_frames.get(video_id), self._stamps.get(video_id)
-        if known is not None and (stamp is None or FileStamp.of(path) == stamp):
-            return known
+    def frame_count(self, path: Path) -> int:
+        known = self.counts.count(path)
         if known is not None:
-            log.warning("%s changed since its frame count was recorded (size or mtime differ): probing it again", path)
-        self._stamps.pop(video_id, None)
-        self._num_frames[video_id] = probe_video(path).num_frames
-        return self._num_frames[video_id]
+            return known
+        frames = probe_video(path).num_frames  # a missing or corrupt file raises here, naming it
+        self.counts.record(path, frames)
+        return frames
 
     def path(self, video_id: str) -> Path:
         try:
@@ -100,7 +93,7 @@ class _VideoClips:
         """-> frames (F, 3, S, S) float, mask (F,) bool (all True: samplers always return F frames)."""
         path = self.path(video_id)
         spec = self.frames
-        indices = sample_frames(spec.sampler, self.frame_count(video_id, path), spec.num_frames, rng, spec.segments)
+        indices = sample_frames(spec.sampler, self.frame_count(path), spec.num_frames, rng, spec.segments)
         pixels = decode_frames(path, indices)  # (F, H, W, 3) uint8
         frames = self.transform(pixels, rng)  # (F, 3, S, S)
         return frames, torch.ones(spec.num_frames, dtype=torch.bool)
@@ -549,12 +542,12 @@ def prepare_frame_counts(
     paths = [clips.path(v) for v in video_ids]
     counts = FrameCounts.find(manifest_folder(paths))
     ensure_counts(counts, paths, usable_workers(workers), advance)
-    clips.use_frame_counts(counts, video_ids)
+    clips.use_frame_counts(counts)
     return {
         "manifest": str(counts.path),
         "videos": len(paths),
         "reused": len(paths) - counts.probed,
         "probed": counts.probed,
-        "stale": counts.stale,
+        "stale": list(counts.stale),
         "unreadable": sorted(counts.unreadable),
     }
