@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, generate the synthetic set, pretrain the tiny CLIP, run the whole
 #               benchmark (all methods, ablations, 3 seeds; resumable), the efficiency sweep and the report
 #   make test   create/update .venv and run the test suite (what CI runs)
+#   make probe  the relation probe: a second synthetic protocol for cross-frame interaction (~100 min)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ DATA ?= data/synthetic
 RUNS ?= runs/synthetic
 REPORT ?= reports/synthetic
 
-.PHONY: install test test-fast test-kernels demo lint
+.PHONY: install test test-fast test-kernels demo lint probe
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,26 @@ demo: install
 	$(PSBENCH) bench --protocol synthetic --data-root $(DATA) --runs-dir $(RUNS)
 	$(MAKE) $(REPORT)/efficiency/efficiency.json
 	$(PSBENCH) report $(RUNS) --protocol synthetic --efficiency $(REPORT)/efficiency --efficiency reports/efficiency_gpu_h200 --out $(REPORT)
+
+# The relation probe (protocols/README.md, "relation probe"): its own data and tiny CLIP, 3 seeds of every
+# method under the default kernels and, in parallel (one torch thread each), the criterion's methods under
+# ATEN_CPU_CAPABILITY=avx2; resumable. About 100 min on 2 cores.
+PROBE_DATA ?= data/relation-probe
+PROBE_RUNS ?= runs/relation-probe
+PROBE_REPORT ?= reports/relation-probe
+PROBE_METHODS := promptswitch,promptswitch-noswitch,meanpool,xpool,tokenshift,videoproxy,random
+PROBE_AVX2_METHODS := promptswitch,promptswitch-noswitch,meanpool,xpool,random
+PROBE_BENCH := $(PSBENCH) bench --protocol relation-probe --data-root $(PROBE_DATA)
+
+probe: install
+	$(PSBENCH) data probe --out $(PROBE_DATA)
+	$(PSBENCH) data pretrain-clip --root $(PROBE_DATA)
+	mkdir -p $(dir $(PROBE_RUNS))
+	OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 $(PROBE_BENCH) --methods $(PROBE_AVX2_METHODS) --no-zero-shot \
+		--runs-dir $(PROBE_RUNS)-avx2 > $(PROBE_RUNS)-avx2.log 2>&1 & avx2=$$!; \
+	OMP_NUM_THREADS=1 $(PROBE_BENCH) --methods $(PROBE_METHODS) --runs-dir $(PROBE_RUNS); rc=$$?; \
+	wait $$avx2 || { echo "the avx2 benchmark failed: see $(PROBE_RUNS)-avx2.log" >&2; exit 1; }; exit $$rc
+	$(PSBENCH) report $(PROBE_RUNS) --protocol relation-probe --cross-machine $(PROBE_RUNS)-avx2 --out $(PROBE_REPORT)
 
 # The efficiency sweep (ViT-B/32 shapes, random embeddings, 1k..100k videos) is kept once measured.
 $(REPORT)/efficiency/efficiency.json:

@@ -178,6 +178,7 @@ def test_persistent_workers_give_exactly_the_items_of_a_fresh_in_process_loader(
 
 
 def test_real_protocols_use_every_cpu_and_the_number_is_known() -> None:
+    from psbench.data.datasets import GENERATED
     from psbench.data.loader import ALL_CPUS, available_cpus, usable_workers
     from psbench.protocol import list_protocols, load_protocol, resolve
 
@@ -186,7 +187,7 @@ def test_real_protocols_use_every_cpu_and_the_number_is_known() -> None:
         usable_workers(-2)
     for name in list_protocols():
         cfg = resolve(load_protocol(name), "meanpool")
-        if cfg.data.dataset != "synthetic":
+        if cfg.data.dataset not in GENERATED:
             assert cfg.train.num_workers == cfg.test.num_workers == ALL_CPUS, name
 
 

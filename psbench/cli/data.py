@@ -1,5 +1,6 @@
-"""``psbench data synth|pretrain-clip|verify|compress``: make the synthetic set and the tiny CLIP, check and
-compress real videos (thin wrappers over psbench.data.synthetic, psbench.train.pretrain, psbench.data.prepare)."""
+"""``psbench data synth|probe|pretrain-clip|verify|compress``: make the synthetic sets and the tiny CLIP, check
+and compress real videos (thin wrappers over psbench.data.synthetic, psbench.data.relation_probe,
+psbench.train.pretrain, psbench.data.prepare)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ def data_synth(
     with RichProgress(console=policy.err_console) as progress, progress.task("write synthetic videos", total) as task:
         meta = generate_synthetic(out, seed=seed, workers=workers, progress=policy.progress_callback(task))
     policy.print_line(f"synthetic set in {out}: {meta.get('counts', meta)}")
+
+
+@policy.guarded
+def data_probe(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/relation-probe"),
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    workers: Annotated[int, typer.Option(help="Encoding processes.", min=1)] = 2,
+) -> None:
+    """Generate the relation probe (groups of four videos no mean of frame features can tell apart).
+
+    Example: `psbench data probe --out data/relation-probe`
+    """
+    from psbench.data.relation_probe import DEFAULT_GROUPS, generate_relation_probe
+    from psbench.progress import RichProgress
+
+    policy.check_output_dir(out, "--out")
+    policy.on_interrupt(lambda: f"the videos written so far are kept in {out}; rerun the same command to continue")
+    total = 4 * sum(DEFAULT_GROUPS.values())
+    with RichProgress(console=policy.err_console) as progress, progress.task("write probe videos", total) as task:
+        meta = generate_relation_probe(out, seed=seed, workers=workers, progress=policy.progress_callback(task))
+    policy.print_line(f"relation probe in {out}: {meta['counts']}")
 
 
 @policy.guarded
@@ -189,8 +211,9 @@ def compress(
 
 
 def register(data_app: typer.Typer) -> None:
-    """Add ``synth``, ``pretrain-clip``, ``verify`` and ``compress`` to the ``psbench data`` sub-app."""
+    """Add ``synth``, ``probe``, ``pretrain-clip``, ``verify`` and ``compress`` to the ``psbench data`` sub-app."""
     data_app.command("synth")(data_synth)
+    data_app.command("probe")(data_probe)
     data_app.command("pretrain-clip")(data_pretrain_clip)
     data_app.command("verify")(policy.guarded(verify))
     data_app.command("compress")(policy.guarded(compress))

@@ -151,8 +151,19 @@ def _print_run(run_dir: Path) -> None:
             style="yellow",
         )
     if m.get("order_accuracy") is not None:
-        policy.console.print(f"order accuracy: {m['order_accuracy']:.1f}%  (own video scored above its reversed twin)")
+        policy.console.print(f"order accuracy: {m['order_accuracy']:.1f}%  (own video scored above its twin)")
+    print_relation(m)
     policy.print_line(f"run directory: {run_dir}")  # on its own line, never wrapped
+
+
+def print_relation(m: dict) -> None:
+    """The relation probe's v2t diagnostic, when the test set has relation groups."""
+    rel = m.get("relation")
+    if rel:
+        policy.console.print(
+            f"relation probe (v2t): group score {rel['group_score']:.1f}% (chance 6.25%, additive pooling 0), "
+            f"video accuracy {rel['video_accuracy']:.1f}% (chance 50%) over {rel['groups']} groups"
+        )
 
 
 @policy.guarded
@@ -203,6 +214,7 @@ def eval_(
         policy.console.print(direction, {k: round(v, 2) for k, v in m[direction].items()})
     if m.get("order_accuracy") is not None:
         policy.console.print(f"order accuracy: {m['order_accuracy']:.1f}%")
+    print_relation(m)
     policy.print_line(f"written {out}")
 
 

@@ -17,6 +17,23 @@ class Caption:
     video_id: str
 
 
+@dataclass(frozen=True)
+class RelationGroup:
+    """Four videos of the relation probe: two whose halves share a colour, two whose halves do not.
+
+    The frames of ``same`` slot by slot are the frames of ``different`` (the same multiset), so any
+    additive pooling of per-frame features sums to the same vector over either pair.
+    """
+
+    name: str
+    same: tuple[str, str]
+    different: tuple[str, str]
+
+    @property
+    def members(self) -> tuple[str, str, str, str]:
+        return (*self.same, *self.different)
+
+
 @dataclass
 class RetrievalSplit:
     """One split of a dataset as every loader returns it.
@@ -25,6 +42,7 @@ class RetrievalSplit:
     captions: the queries in a fixed order; several captions may share a video.
     video_paths: id -> file.
     twin_of: synthetic only: id -> id of its time-reversed twin (both in ``video_ids``).
+    relation_groups: relation probe only: its groups of four videos (all in ``video_ids``).
     """
 
     name: str
@@ -32,6 +50,7 @@ class RetrievalSplit:
     captions: list[Caption]
     video_paths: dict[str, Path]
     twin_of: dict[str, str] = field(default_factory=dict)
+    relation_groups: list[RelationGroup] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(set(self.video_ids)) != len(self.video_ids):
@@ -55,6 +74,7 @@ class RetrievalSplit:
             [c for c in self.captions if c.video_id in keep],
             {v: p for v, p in self.video_paths.items() if v in keep},
             {v: t for v, t in self.twin_of.items() if v in keep and t in keep},
+            [g for g in self.relation_groups if keep.issuperset(g.members)],
         )
 
 

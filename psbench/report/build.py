@@ -19,6 +19,7 @@ from psbench.report.machines import cross_machine_table, machines_paragraph
 from psbench.report.markdown import render_markdown
 from psbench.report.quality import GroupQuality, StatsConfig, group_quality
 from psbench.report.references import references_for
+from psbench.report.relation import relation_blocks
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def _protocol_section(
             )
         )
     doc.add(*(t for t in (order, frame) if t is not None))
+    doc.add(*relation_blocks(protocol, groups, other_machine, cfg))
     curves = training_curves(protocol, groups, out)
     if curves is not None:
         figures.append(curves)

@@ -129,6 +129,15 @@ class Run:
             self._ranks = jsonio.read_json(path)
         return QueryRanks.from_dict(self._ranks[direction])
 
+    def relation_margins(self) -> tuple[list[str], np.ndarray] | None:
+        """(group names, (G, 4) v2t margins) of the relation probe; None when the test set has no groups."""
+        self.ranks("t2v")
+        assert self._ranks is not None
+        rel = self._ranks.get("relation")
+        if not rel:
+            return None
+        return list(rel["groups"]), np.asarray(rel["margins"], dtype=np.float64)
+
     def caption_video(self) -> list[int] | None:
         self.ranks("t2v")
         assert self._ranks is not None

@@ -133,6 +133,8 @@ def _p_cell(p: float | None, adjusted: float | None, note: str) -> str:
 def order_accuracy_table(protocol: str, groups: list[Group]) -> Table | None:
     rows = []
     for g in groups:
+        if any(r.metrics.get("relation") for r in g.runs):
+            continue  # the relation probe's twins are not reversals: its own table shows them
         values = [r.metrics.get("order_accuracy") for r in g.runs]
         values = [float(v) for v in values if v is not None]
         if not values:

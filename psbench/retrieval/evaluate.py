@@ -84,6 +84,12 @@ def evaluate_split(
         twin_index = np.array([index.get(split.twin_of.get(v, ""), -1) for v in split.video_ids], dtype=np.int64)
         result["order_accuracy"] = metrics.order_accuracy(scores, caption_video, twin_index)
     ranks = {"t2v": t2v.to_dict(), "v2t": v2t.to_dict(), "caption_video": caption_video.tolist()}
+    if split.relation_groups:
+        index = {vid: i for i, vid in enumerate(split.video_ids)}
+        groups = np.array([[index[v] for v in g.members] for g in split.relation_groups], dtype=np.int64)  # (G, 4)
+        margins = metrics.relation_margins(scores, caption_video, groups)  # (G, 4)
+        result["relation"] = metrics.relation_summary(margins)
+        ranks["relation"] = {"groups": [g.name for g in split.relation_groups], "margins": margins.tolist()}
     return EvalResult(result, ranks, scores)
 
 

@@ -282,6 +282,52 @@ def order_accuracy(scores: ArrayLike, caption_video: ArrayLike, twin_index: Arra
     return float(100.0 * credit.mean())
 
 
+# -- relation probe -----------------------------------------------------------------------------------
+def relation_margins(scores: ArrayLike, caption_video: ArrayLike, groups: ArrayLike) -> np.ndarray:
+    """Video-to-text margins of the relation probe, (G, 4): own relation's caption minus the other's.
+
+    ``groups`` (G, 4) holds gallery indices [same, same, different, different]; the caption of the
+    first "same" video and of the first "different" video are the group's two captions (the members
+    of a pair share their caption text). For a "same" video the margin is s(same caption) - s(different
+    caption), for a "different" video the reverse. Under any additive pooling with a cosine (or dot)
+    readout a margin is a linear function of the video's pooled vector divided by its norm, and those
+    linear functions sum to zero over a group, so the four margins are never all positive
+    (``protocols/README.md``, relation probe).
+    """
+    matrix = _scores_numpy(scores)  # (Q, N)
+    cv = _caption_video(caption_video, *matrix.shape)
+    idx = np.asarray(groups, dtype=np.int64)
+    if idx.ndim != 2 or idx.shape[1] != 4 or idx.size == 0:
+        raise ValueError(f"groups must be a non-empty (G, 4) array of gallery indices, got shape {idx.shape}")
+    if idx.min() < 0 or idx.max() >= matrix.shape[1]:
+        raise ValueError(f"groups hold gallery indices outside [0, {matrix.shape[1]})")
+    first_caption = np.full(matrix.shape[1], -1, dtype=np.int64)  # (N,) first caption row of each video
+    for q in range(cv.size - 1, -1, -1):
+        first_caption[cv[q]] = q
+    same_q, diff_q = first_caption[idx[:, 0]], first_caption[idx[:, 2]]  # (G,) each
+    if (same_q < 0).any() or (diff_q < 0).any():
+        raise ValueError("relation_margins: a group's first 'same' or 'different' video has no caption")
+    m = matrix.astype(np.float64)
+    s_same = m[same_q[:, None], idx]  # (G, 4) score of the "same" caption for each member
+    s_diff = m[diff_q[:, None], idx]  # (G, 4)
+    sign = np.array([1.0, 1.0, -1.0, -1.0])  # (4,)
+    return sign * (s_same - s_diff)  # (G, 4)
+
+
+def relation_summary(margins: np.ndarray, atol: float = 1e-5) -> dict[str, float]:
+    """Group score (% of groups with all four margins > atol; chance 6.25%, additive pooling 0%) and video
+    accuracy (% of videos preferring their own relation, a margin within atol counting one half; chance
+    50%, additive pooling at most 75%)."""
+    margins = np.asarray(margins, dtype=np.float64)  # (G, 4)
+    right = margins > atol  # (G, 4)
+    credit = np.where(np.abs(margins) <= atol, 0.5, right.astype(np.float64))  # (G, 4)
+    return {
+        "group_score": float(100.0 * right.all(axis=1).mean()),
+        "video_accuracy": float(100.0 * credit.mean()),
+        "groups": int(margins.shape[0]),
+    }
+
+
 # -- DSL -----------------------------------------------------------------------------------------------
 def dual_softmax(scores: Tensor | np.ndarray, tau: float) -> Tensor:
     """DSL prior (spec §8.5): ``S'[q, n] = S[q, n] * softmax_q(tau * S[:, n])``.

@@ -20,7 +20,7 @@ import torch
 from psbench import distributed
 from psbench.backbone import clip as backbone
 from psbench.catalog import create_method, frame_count_error
-from psbench.data.datasets import expected_videos, load_split
+from psbench.data.datasets import GENERATED, expected_videos, load_split
 from psbench.data.loader import VideoCaptionDataset, make_train_loader, prepare_frame_counts, usable_workers
 from psbench.data.prepare.compress import read_compress_recipe
 from psbench.data.prepare.verify import require_videos
@@ -43,7 +43,9 @@ RunPaths = RunInputs
 RANDOM_WEIGHTS = "random"
 
 WHERE_TO_GET = (
-    "For the synthetic protocol run `psbench data synth` and `psbench data pretrain-clip` (or `make demo`).",
+    "For the synthetic protocol run `psbench data synth` and `psbench data pretrain-clip` (or `make demo`); for "
+    "the relation probe `psbench data probe` and `psbench data pretrain-clip --root data/relation-probe` "
+    "(or `make probe`).",
     "Real datasets: download the videos and the standard annotation files and point --data-root at them; "
     "CLIP weights: an open_clip state dict of OpenAI ViT-B/32 (README, 'Using real CLIP weights and real data').",
 )
@@ -220,7 +222,7 @@ def _execute(
     except FileNotFoundError as exc:
         problems.insert(0, str(exc))
     if problems:
-        raise FileNotFoundError("; ".join(problems) + f". {WHERE_TO_GET[cfg.data.dataset != 'synthetic']}")
+        raise FileNotFoundError("; ".join(problems) + f". {WHERE_TO_GET[cfg.data.dataset not in GENERATED]}")
     test_split, train_split, val_split = loaded["test"], loaded.get("train"), loaded.get("val")
     missing_test = len(skipped.get("test", []))
     test_videos = {  # in metrics.json and on screen: fewer than listed only with data.skip_missing
