@@ -58,10 +58,14 @@ def placeholder_root(tmp_path: Path, dataset: str) -> tuple[Path, list[str]]:
 
 
 @pytest.mark.parametrize("dataset", sorted(FILES))
-@pytest.mark.parametrize("method", ["meanpool", "promptswitch"])
+@pytest.mark.parametrize("method", ["meanpool", "promptswitch", "promptswitch@64"])
 def test_zero_shot_run_writes_a_complete_record(tmp_path: Path, dataset: str, method: str) -> None:
+    """``promptswitch@64``: the field's 64 test frames, as 8 chunks of a cube with 8 prompts (the official
+    cube has 6, so the protocol keeps its 12 test frames; this is the `--set` that gives 64)."""
     root, ids = placeholder_root(tmp_path, dataset)
     extra = {"test.frames": 12} if method == "promptswitch" else {}
+    if method == "promptswitch@64":
+        method, extra = "promptswitch", {"test.frames": 64, "train.frames": 8, "options.num_prompts": 8}
     cfg = resolve(load_protocol(dataset), method, 0, {**TINY, **extra})
     run_dir = run(cfg, tmp_path / "runs", data_root=root, weights=root / "tiny_clip.pt")
     for name in ("config.json", "metrics.json", "environment.json"):
@@ -74,6 +78,7 @@ def test_zero_shot_run_writes_a_complete_record(tmp_path: Path, dataset: str, me
     for direction in ("t2v", "v2t"):
         assert set(metrics[direction]) >= {"R1", "R5", "R10", "MdR", "MnR"}
     assert config["config"]["data"]["dataset"] == dataset and config["config"]["train"]["epochs"] == 0
+    assert config["config"]["test"]["frames"] == extra.get("test.frames", TINY["test.frames"])
 
 
 def test_a_larger_backbone_family_needs_only_a_protocol_file(tiny_synthetic: Path, tmp_path: Path) -> None:
