@@ -97,7 +97,10 @@ def data_pretrain_clip(
 
 def verify(
     dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="Dataset name: msrvtt, msvd, lsmdc, activitynet, didemo, synthetic, relation-probe.")
+        str,
+        typer.Option(
+            "--dataset", "-d", help="Dataset name: msrvtt, msvd, lsmdc, activitynet, didemo, synthetic, relation-probe."
+        ),
     ],
     root: Annotated[Path, typer.Option(help="Dataset root (annotation files + the protocol's video folder).")],
     protocol: Annotated[
