@@ -164,7 +164,7 @@ def comparison_table(protocol: str, found: list[RelationComparison], where: str)
         rows.append(
             Row(
                 [
-                    c.row.group.cell_label,
+                    f"{c.row.group.cell_label}\n{c.row.group.kind}",
                     c.baseline.group.method,
                     f"{signed(c.delta_group.point)}\n[{signed(c.delta_group.low)}, {signed(c.delta_group.high)}]",
                     f"{format_p(c.group_p)}\n({format_p(ag)})",
@@ -191,7 +191,7 @@ def verdict(rows: list[RelationRow], found: list[RelationComparison], where: str
             continue
         test = [(c, adjusted[2 * i]) for i, c in enumerate(found) if c.row is r and c.baseline.group.method == "random"]
         clear = r.group_score.low > CHANCE_GROUP and bool(test) and test[0][1] is not None and test[0][1] < 0.05
-        (above if clear else near).append(f"{r.group.label} {fmt(r.group_score.point)}%")
+        (above if clear else near).append(f"{r.group.label} ({r.group.kind}) {fmt(r.group_score.point)}%")
     if not any(c.baseline.group.method == "random" for c in found):
         return Paragraph(f"{where}: no random-floor row to test against; run the `random` method too.")
     switch = [
