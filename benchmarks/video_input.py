@@ -107,6 +107,17 @@ def datasets(split: RetrievalSplit) -> dict[str, Any]:
             split, FrameSpec(12, "random_per_segment", 12), "random_resized_crop_flip", 224, tokenizer, seed=0
         ),
         "test": GalleryDataset(split, FrameSpec(12, "uniform"), "resize_center_crop", 224),
+        # what a loader feeding a GPU hands over: uint8 frames, normalised on the device after the copy
+        "train_uint8": VideoCaptionDataset(
+            split,
+            FrameSpec(12, "random_per_segment", 12),
+            "random_resized_crop_flip",
+            224,
+            tokenizer,
+            seed=0,
+            pixels="uint8",
+        ),
+        "test_uint8": GalleryDataset(split, FrameSpec(12, "uniform"), "resize_center_crop", 224, pixels="uint8"),
     }
 
 
@@ -136,6 +147,8 @@ def per_clip_ms(paths: list[Path], repeats: int) -> dict[str, float]:
         "test_item_manifest_ms": lambda i: item(warm["test"], i, forget=False),
         "train_item_cold_ms": lambda i: item(cold["train"], i, forget=True),
         "train_item_manifest_ms": lambda i: item(warm["train"], i, forget=False),
+        "test_item_uint8_ms": lambda i: item(warm["test_uint8"], i, forget=False),
+        "train_item_uint8_ms": lambda i: item(warm["train_uint8"], i, forget=False),
     }
     best = {name: [float("inf")] * len(paths) for name in steps}
     for _ in range(repeats):
@@ -198,6 +211,7 @@ def measure_kind(name: str, paths: list[Path], workers: list[int], repeats: int)
     }
     for kind in ("train", "test"):
         result[f"{kind}_manifest_vs_bound"] = result[f"{kind}_item_manifest_ms"] / result["decode_bound_ms"]
+        result[f"{kind}_uint8_vs_bound"] = result[f"{kind}_item_uint8_ms"] / result["decode_bound_ms"]
         result[f"{kind}_cold_vs_bound"] = result[f"{kind}_item_cold_ms"] / result["decode_bound_ms"]
     result["epochs"] = {
         str(w): {mode: epoch_clips_per_s(split, folder, w, mode) for mode in EPOCH_MODES} for w in workers
@@ -224,6 +238,8 @@ def markdown(data: dict[str, Any]) -> str:
         ("test item, frame-count manifest", "test_item_manifest_ms"),
         ("train item, cold", "train_item_cold_ms"),
         ("train item, frame-count manifest", "train_item_manifest_ms"),
+        ("test item, manifest, uint8 out (GPU loader: normalised on the device)", "test_item_uint8_ms"),
+        ("train item, manifest, uint8 out (GPU loader)", "train_item_uint8_ms"),
     ]
     for label, key in rows:
         lines.append(f"| {label} | " + " | ".join(f"{data['kinds'][k][key]:.1f}" for k in data["kinds"]) + " |")
@@ -232,6 +248,8 @@ def markdown(data: dict[str, Any]) -> str:
     for label, key in (
         ("test item with manifest / bound", "test_manifest_vs_bound"),
         ("train item with manifest / bound", "train_manifest_vs_bound"),
+        ("test item, uint8 out / bound", "test_uint8_vs_bound"),
+        ("train item, uint8 out / bound", "train_uint8_vs_bound"),
         ("test item cold / bound", "test_cold_vs_bound"),
     ):
         lines.append(f"| {label} | " + " | ".join(f"{data['kinds'][k][key]:.2f}x" for k in data["kinds"]) + " |")
@@ -266,7 +284,11 @@ def markdown(data: dict[str, Any]) -> str:
         "| train items | " + " | ".join(data["kinds"]) + " |",
         "|---|" + "---:|" * len(data["kinds"]),
     ]
-    for label, key in (("cold", "train_item_cold_ms"), ("frame-count manifest", "train_item_manifest_ms")):
+    for label, key in (
+        ("cold", "train_item_cold_ms"),
+        ("frame-count manifest", "train_item_manifest_ms"),
+        ("manifest, uint8 out (GPU loader)", "train_item_uint8_ms"),
+    ):
         per_core = [1000 / data["kinds"][k][key] for k in data["kinds"]]
         lines.append(f"| {label}: per core | " + " | ".join(f"{v:.1f}" for v in per_core) + " |")
         cells = [f"{16 * v:.0f} ({16 * v / 366:.2f}x 366)" for v in per_core]

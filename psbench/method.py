@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psbench.backbone.flops import text_tower_flops
+from psbench.backbone.pixels import model_pixels
 from psbench.distributed import gather_encoded
 from psbench.ops import linear as cpu_linear
 
@@ -31,7 +32,8 @@ LOGIT_SCALE_MAX = math.log(100.0)
 class Batch:
     """One training batch.
 
-    frames: (B, F, 3, H, W) normalised pixels; mask: (B, F) bool, True for a real frame;
+    frames: (B, F, 3, H, W) normalised pixels (uint8 from a loader with ``pixels="uint8"``: :meth:`to` normalises
+    them on the device); mask: (B, F) bool, True for a real frame;
     tokens: (B, L) int64 token ids (also the targets of Prompt Switch's captioner);
     video_ids: B ids (for de-duplication and error messages);
     skipped: "video_id: reason" of corrupt items left out of this batch (``train.skip_corrupt``).
@@ -45,7 +47,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
-            self.frames.to(device, non_blocking=True),
+            model_pixels(self.frames.to(device, non_blocking=True)),  # (B, F, 3, H, W) float32
             self.mask.to(device, non_blocking=True),
             self.tokens.to(device, non_blocking=True),
             list(self.video_ids),

@@ -133,7 +133,8 @@ def test_video_input_runs_at_toy_size(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     for kind in result["kinds"].values():
         assert kind["decode_bound_ms"] > 0 and kind["test_item_manifest_ms"] > 0 and kind["probe_ms"] > 0
+        assert kind["train_item_uint8_ms"] > 0 and kind["test_item_uint8_ms"] > 0
         assert set(kind["epochs"]) == {"0", "2"} and all(v > 0 for e in kind["epochs"].values() for v in e.values())
     assert len(result["kinds"]) == 3  # raw, compressed, compressed with --tune fastdecode
     text = out.with_suffix(".md").read_text()
-    assert "decode bound" in text and "Below the standard bound" in text
+    assert "decode bound" in text and "Below the standard bound" in text and "uint8 out" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,52 @@ def test_normalize_gives_torchvision_values_and_the_old_layout(name: str, height
         transforms.normalize = original
     assert torch.equal(ours, expected) and ours.stride() == expected.stride()
     assert video.dtype == np.uint8  # the input is not modified
+
+
+@pytest.mark.parametrize("name", TRANSFORMS.names())
+@pytest.mark.parametrize("height, width", [(48, 64), (32, 44), (24, 24)])
+def test_uint8_batches_normalised_after_the_copy_equal_the_loader_normalised_ones(
+    name: str, height: int, width: int
+) -> None:
+    """pixels="uint8": the transform stops before normalising; model_pixels on the collated batch (what
+    Batch.to and the gallery encoder do after moving it to the device) gives the values and strides of the
+    batch of normalised items, bit for bit."""
+    from psbench.backbone.pixels import model_pixels
+    from psbench.method import Batch
+
+    videos = [random_video(3, height, width, seed=s) for s in range(2)]
+    floats = torch.stack([make_transform(name, 24)(v, np.random.default_rng(i)) for i, v in enumerate(videos)])
+    raw = [make_transform(name, 24, normalized=False)(v, np.random.default_rng(i)) for i, v in enumerate(videos)]
+    assert all(r.dtype == torch.uint8 for r in raw)
+    batch = torch.stack(raw)  # (B, F, 3, S, S) uint8, as collated
+    ours = model_pixels(batch)
+    assert torch.equal(ours, floats) and ours.stride() == floats.stride()
+    assert model_pixels(floats) is floats  # already normalised: untouched
+    moved = Batch(batch, torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.int64)).to("cpu")
+    assert torch.equal(moved.frames, floats)
+
+
+def test_a_gallery_of_uint8_items_encodes_exactly_as_one_of_normalised_items(tmp_path: Path) -> None:
+    from psbench.backbone.clip import create_clip
+    from psbench.catalog import create_method
+    from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader, pixels_for
+    from psbench.data.split import RetrievalSplit
+    from psbench.data.video_writer import write_video
+    from psbench.retrieval import engine
+
+    paths = {}
+    for i in range(3):
+        paths[f"v{i}"] = tmp_path / f"v{i}.mp4"
+        write_video(paths[f"v{i}"], random_video(10, 40, 48, seed=i))
+    split = RetrievalSplit("test", list(paths), [], paths)
+    torch.manual_seed(0)
+    method = create_method("meanpool", create_clip("psbench-tiny")).eval()
+    encoded = {}
+    for pixels in ("normalized", "uint8"):
+        dataset = GalleryDataset(split, FrameSpec(4, "uniform"), "resize_center_crop", 32, pixels=pixels)
+        assert dataset[0]["frames"].dtype == (torch.uint8 if pixels == "uint8" else torch.float32)
+        encoded[pixels] = engine.encode_gallery(method, make_gallery_loader(dataset, 2, 0), "cpu")
+    assert torch.equal(encoded["normalized"]["video"], encoded["uint8"]["video"])
+    assert pixels_for("cuda") == "uint8" and pixels_for("cpu") == "normalized"
+    with pytest.raises(ValueError, match="pixels='half'"):
+        GalleryDataset(split, FrameSpec(4, "uniform"), "resize_center_crop", 32, pixels="half")

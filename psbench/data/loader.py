@@ -56,6 +56,16 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+#: what a loader item's frames are: CLIP-normalised float32, or the uint8 pixels the consumer normalises after
+#: copying them to the device (``psbench.backbone.pixels.model_pixels``; same values, a quarter of the bytes)
+PIXELS = ("normalized", "uint8")
+
+
+def pixels_for(device: torch.device | str) -> str:
+    """uint8 frames for a CUDA device (normalised there, after the copy), normalised floats otherwise."""
+    return "uint8" if torch.device(device).type == "cuda" else "normalized"
+
+
 class _VideoClips:
     """Reads the sampled, transformed frames of the split's videos.
 
@@ -66,9 +76,13 @@ class _VideoClips:
     here is recorded in that same object, so each process probes a video at most once.
     """
 
-    def __init__(self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int) -> None:
+    def __init__(
+        self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int, pixels: str = "normalized"
+    ) -> None:
+        if pixels not in PIXELS:
+            raise ValueError(f"pixels={pixels!r}; valid: {', '.join(PIXELS)}")
         self.split, self.frames = split, frames
-        self.transform: VideoTransform = make_transform(transform, size)
+        self.transform: VideoTransform = make_transform(transform, size, normalized=pixels == "normalized")
         self.counts = FrameCounts(Path("."))  # in memory until use_frame_counts hands over the manifest
 
     def use_frame_counts(self, counts: FrameCounts) -> None:
@@ -90,7 +104,8 @@ class _VideoClips:
             raise VideoNotFoundError(f"split {self.split.name!r} has no file for video {video_id!r}") from None
 
     def clip(self, video_id: str, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
-        """-> frames (F, 3, S, S) float, mask (F,) bool (all True: samplers always return F frames)."""
+        """-> frames (F, 3, S, S) float (uint8 with ``pixels="uint8"``), mask (F,) bool (all True: samplers
+        always return F frames)."""
         path = self.path(video_id)
         spec = self.frames
         indices = sample_frames(spec.sampler, self.frame_count(path), spec.num_frames, rng, spec.segments)
@@ -117,9 +132,10 @@ class VideoCaptionDataset(Dataset):
         tokenizer: Callable[[list[str]], Tensor],
         seed: int,
         skip_corrupt: bool = False,
+        pixels: str = "normalized",
     ) -> None:
         self.split, self.tokenizer, self.seed, self.skip_corrupt = split, tokenizer, seed, skip_corrupt
-        self.clips = _VideoClips(split, frames, transform, size)
+        self.clips = _VideoClips(split, frames, transform, size, pixels)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -161,12 +177,18 @@ class GalleryDataset(Dataset):
     """
 
     def __init__(
-        self, split: RetrievalSplit, frames: FrameSpec, transform: str, size: int, frame_order: str = "keep"
+        self,
+        split: RetrievalSplit,
+        frames: FrameSpec,
+        transform: str,
+        size: int,
+        frame_order: str = "keep",
+        pixels: str = "normalized",
     ) -> None:
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"frame_order={frame_order!r}; valid: {', '.join(FRAME_ORDERS)}")
         self.split = split
-        self.clips = _VideoClips(split, frames, transform, size)
+        self.clips = _VideoClips(split, frames, transform, size, pixels)
         self.frame_order = frame_order
 
     def video_ids_needed(self) -> list[str]:

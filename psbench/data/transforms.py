@@ -11,7 +11,6 @@ Transforms are small picklable classes so that DataLoader workers can receive th
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,7 +20,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from psbench.backbone.clip import CLIP_MEAN, CLIP_STD
+from psbench.backbone.pixels import normalize
 from psbench.registry import Registry
 
 BICUBIC = TF.InterpolationMode.BICUBIC
@@ -43,34 +42,6 @@ def to_tensor(frames: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (F, 3, H, W)
 
 
-def normalize(frames: Tensor) -> Tensor:
-    """(F, 3, S, S) uint8 -> float32 in CLIP-normalised units: ``(x / 255 - mean) / std``, same memory layout.
-
-    The same three correctly rounded float32 operations as torchvision's ``ToTensor`` + ``Normalize``, so the
-    values are bit-identical, and the layout is the one ``frames.float()`` has (channels-last after a resize),
-    which the model's patch convolution sees. Done on one buffer, in place, and never across the layout:
-    channels-last frames are read as (F, S*S*3) rows against a repeated per-channel (S*S*3,) pattern, where
-    broadcasting a (1, 3, 1, 1) mean would be torch's slow path (``benchmarks/video_input.py``).
-    """
-    out = frames.div(255.0)  # (F, 3, S, S) float32, the layout of frames.float()
-    if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
-        rows = out.permute(0, 2, 3, 1).view(out.shape[0], -1)  # (F, S*S*3), channel fastest
-        mean, std = _channel_patterns(rows.shape[1] // 3)
-        rows.sub_(mean).div_(std)
-    else:
-        mean, std = _channel_patterns(1)
-        out.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _channel_patterns(pixels: int) -> tuple[Tensor, Tensor]:
-    """The CLIP mean and std repeated for ``pixels`` channel-last pixels: two (pixels * 3,) float32 tensors."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).repeat(pixels)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).repeat(pixels)
-    return mean, std
-
-
 @TRANSFORMS.register("resize_center_crop")
 @dataclass(frozen=True)
 class ResizeCenterCrop:
@@ -81,10 +52,11 @@ class ResizeCenterCrop:
     """
 
     size: int
+    normalized: bool = True
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> Tensor:
         x = TF.resize(to_tensor(frames), [self.size], interpolation=BICUBIC, antialias=True)  # (F, 3, h, w)
-        return normalize(TF.center_crop(x, [self.size, self.size]))  # (F, 3, S, S)
+        return _finish(TF.center_crop(x, [self.size, self.size]), self.normalized)  # (F, 3, S, S)
 
 
 @TRANSFORMS.register("resize_square")
@@ -93,10 +65,11 @@ class ResizeSquare:
     """CLIP-ViP (train and test): resize to exactly (size, size), bicubic; aspect ratio not kept."""
 
     size: int
+    normalized: bool = True
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> Tensor:
         x = TF.resize(to_tensor(frames), [self.size, self.size], interpolation=BICUBIC, antialias=True)
-        return normalize(x)  # (F, 3, S, S)
+        return _finish(x, self.normalized)  # (F, 3, S, S)
 
 
 @dataclass(frozen=True)
@@ -148,6 +121,7 @@ class RandomResizedCropFlip:
     size: int
     scale: tuple[float, float] = (0.5, 1.0)
     flip_probability: float = 0.5
+    normalized: bool = True
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None) -> Tensor:
         if rng is None:
@@ -166,11 +140,20 @@ class RandomResizedCropFlip:
         )  # (F, 3, S, S)
         if rng.uniform() < self.flip_probability:
             x = TF.horizontal_flip(x)
-        return normalize(x)
+        return _finish(x, self.normalized)
 
 
-def make_transform(name: str, size: int) -> VideoTransform:
-    """Build the registered transform ``name`` for output resolution ``size``."""
+def make_transform(name: str, size: int, normalized: bool = True) -> VideoTransform:
+    """Build the registered transform ``name`` for output resolution ``size``.
+
+    ``normalized=False``: the transform stops before normalising and returns the (F, 3, S, S) uint8 frames;
+    :func:`psbench.backbone.pixels.model_pixels` normalises them where they are used (on the GPU), with the
+    same operations and so the same values.
+    """
     if size < 1:
         raise ValueError(f"transform {name!r}: size must be positive, got {size}")
-    return TRANSFORMS.get(name)(size)
+    return TRANSFORMS.get(name)(size, normalized=normalized)
+
+
+def _finish(frames: Tensor, normalized: bool) -> Tensor:
+    return normalize(frames) if normalized else frames

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from psbench.backbone.pixels import model_pixels
 from psbench.method import Encoded, RetrievalMethod
 from psbench.ops import device_topk
 from psbench.ops.prefilter import (
@@ -121,7 +122,7 @@ def encode_gallery(
                 missing = [key for key in ("frames", "mask", "index") if key not in batch]
                 if missing:
                     raise KeyError(f"gallery batch lacks key(s) {', '.join(missing)} (has {sorted(batch)})")
-                frames = batch["frames"].to(device, non_blocking=True)  # (B, F, 3, H, W)
+                frames = model_pixels(batch["frames"].to(device, non_blocking=True))  # (B, F, 3, H, W) float32
                 mask = batch["mask"].to(device, non_blocking=True)  # (B, F)
                 enc = _check_encoded(method.encode_video(frames, mask), f"{type(method).__name__}.encode_video")
                 if encoded_len(enc) != frames.shape[0]:

@@ -11,7 +11,7 @@ import torch
 
 from psbench import distributed
 from psbench.backbone.clip import Tokenizer
-from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader, prepare_frame_counts
+from psbench.data.loader import FrameSpec, GalleryDataset, make_gallery_loader, pixels_for, prepare_frame_counts
 from psbench.data.split import RetrievalSplit
 from psbench.method import Encoded, RetrievalMethod
 from psbench.progress import Progress, SilentProgress
@@ -48,8 +48,14 @@ def evaluate_split(
     """
     progress = progress or SilentProgress()
     method.eval()
+    pixels = pixels_for(device)  # uint8 to a GPU, normalised there (same values)
     dataset = GalleryDataset(
-        split, frame_spec(cfg.frames, cfg.sampler, cfg.segments, method), cfg.transform, cfg.resolution, frame_order
+        split,
+        frame_spec(cfg.frames, cfg.sampler, cfg.segments, method),
+        cfg.transform,
+        cfg.resolution,
+        frame_order,
+        pixels,
     )
     with progress.task(f"frame counts of {split.name} videos", len(split.video_ids)) as task:
         frame_counts = prepare_frame_counts(dataset, cfg.num_workers, task.advance)  # probed once, then reused
@@ -78,6 +84,7 @@ def evaluate_split(
         "dsl": cfg.dsl,
         "frame_order": frame_order,
         "frame_counts": frame_counts,
+        "pixels": pixels,
     }
     if split.twin_of:
         index = {vid: i for i, vid in enumerate(split.video_ids)}

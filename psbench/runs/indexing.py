@@ -54,7 +54,7 @@ def _gallery(
 ) -> tuple[RetrievalMethod, Any, Any, Any, dict[str, Any]]:
     """The run's method (on ``device``), config, split, gallery dataset and the index provenance."""
     from psbench.data.datasets import load_split
-    from psbench.data.loader import GalleryDataset
+    from psbench.data.loader import GalleryDataset, pixels_for
     from psbench.retrieval.evaluate import frame_spec
 
     method, cfg, run = load_run_method(run_dir, trust_checkpoint)
@@ -66,7 +66,11 @@ def _gallery(
         split, source = load_split(cfg.data, root, videos), {"split": videos, "data_root": str(root)}
     test = cfg.test
     dataset = GalleryDataset(
-        split, frame_spec(test.frames, test.sampler, test.segments, method), test.transform, test.resolution
+        split,
+        frame_spec(test.frames, test.sampler, test.segments, method),
+        test.transform,
+        test.resolution,
+        pixels=pixels_for(device),
     )
     meta = {
         "run_dir": str(Path(run_dir).resolve()),

@@ -21,7 +21,13 @@ from psbench import distributed
 from psbench.backbone import clip as backbone
 from psbench.catalog import create_method, frame_count_error
 from psbench.data.datasets import GENERATED, expected_videos, load_split
-from psbench.data.loader import VideoCaptionDataset, make_train_loader, prepare_frame_counts, usable_workers
+from psbench.data.loader import (
+    VideoCaptionDataset,
+    make_train_loader,
+    pixels_for,
+    prepare_frame_counts,
+    usable_workers,
+)
 from psbench.data.prepare.compress import read_compress_recipe
 from psbench.data.prepare.verify import require_videos
 from psbench.data.split import RetrievalSplit
@@ -352,6 +358,7 @@ def _train(
         backbone.tokenizer_for(method.clip, cfg.train.max_words),
         cfg.seed,
         skip_corrupt=cfg.train.skip_corrupt,
+        pixels=pixels_for(dev),  # uint8 to a GPU, normalised there (same values)
     )
     with progress.task("frame counts of train videos", len(set(dataset.video_ids_needed()))) as task:
         frame_counts = prepare_frame_counts(dataset, cfg.train.num_workers, task.advance)  # probed once, reused
@@ -407,4 +414,5 @@ def _train(
         "world_size": here.world_size,
         "effective_batch": cfg.train.batch_size,
         "frame_counts": frame_counts,
+        "pixels": pixels_for(dev),  # what the loader handed over: normalised floats, or uint8 normalised on the GPU
     }
