@@ -2,7 +2,7 @@
 #   make demo   create .venv, install, generate the synthetic set, pretrain the tiny CLIP, run the whole
 #               benchmark (all methods, ablations, 3 seeds; resumable), the efficiency sweep and the report
 #   make test   create/update .venv and run the test suite (what CI runs)
-#   make probe  the relation probe: a second synthetic protocol for cross-frame interaction (~100 min)
+#   make probe  the relation probe: a second synthetic protocol for cross-frame interaction (~65 min)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -56,7 +56,7 @@ demo: install
 
 # The relation probe (protocols/README.md, "relation probe"): its own data and tiny CLIP, 3 seeds of every
 # method under the default kernels and, in parallel (one torch thread each), the criterion's methods under
-# ATEN_CPU_CAPABILITY=avx2; resumable. About 100 min on 2 cores.
+# ATEN_CPU_CAPABILITY=avx2; resumable. About 65 min on 2 cores (62 min for the 37 runs, 2026-12-03).
 PROBE_DATA ?= data/relation-probe
 PROBE_RUNS ?= runs/relation-probe
 PROBE_REPORT ?= reports/relation-probe
