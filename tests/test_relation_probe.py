@@ -133,6 +133,7 @@ def _dependence_residual(vectors: torch.Tensor) -> tuple[float, np.ndarray]:
     return float(np.linalg.norm(basis @ coef - u[0]) / spread), coef
 
 
+@pytest.mark.slow  # five methods on decoded videos (make test runs it)
 @pytest.mark.parametrize(
     ("method", "additive"),
     [
@@ -174,6 +175,7 @@ def test_real_methods_map_a_group_onto_dependent_vectors_only_without_frame_exch
         assert min(residuals) > 1e-3, residuals  # additive: ~2e-6
 
 
+@pytest.mark.slow  # gradient descent from several starts (make test runs it)
 def test_the_argument_script_finds_the_bound_and_the_escape() -> None:
     spec = importlib.util.spec_from_file_location(
         "relation_probe_argument", REPO / "benchmarks/relation_probe_argument.py"
