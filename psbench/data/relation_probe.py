@@ -27,9 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from psbench.data.synthetic import (
     _csv_text,
     _json_text,
     _sample_event,
+    encode_in_processes,
     frame_captions,
     render_video,
 )
@@ -252,21 +251,12 @@ def generate_relation_probe(
     for name, text in texts.items():
         atomic.write_text(out_dir / name, text)
 
-    jobs = [(geometries[m.group], m.colours, out_dir / "videos" / f"{m.video_id}.mp4") for m in members]
-    hashes = [""] * len(jobs)
+    jobs = [
+        (geometries[m.group], m.colours, out_dir / "videos" / f"{m.video_id}.mp4", num_frames, size, fps)
+        for m in members
+    ]
     log.info("relation probe: encoding %d videos into %s with %d worker(s)", len(jobs), out_dir, workers)
-    if workers <= 1:
-        for i, job in enumerate(jobs):
-            hashes[i] = _encode(*job, num_frames, size, fps)
-            if progress:
-                progress(i + 1, len(jobs))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_encode, *job, num_frames, size, fps): i for i, job in enumerate(jobs)}
-            for done, future in enumerate(as_completed(futures), start=1):
-                hashes[futures[future]] = future.result()
-                if progress:
-                    progress(done, len(jobs))
+    hashes = encode_in_processes(_encode, jobs, workers, progress)
     meta = {
         **config,
         "pyav": av.__version__,

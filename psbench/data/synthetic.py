@@ -382,28 +382,29 @@ def _encode_pair(spec: VideoSpec, paths: tuple[Path, Path], num_frames: int, siz
     return hashlib.sha256(frames.tobytes()).hexdigest()
 
 
-def _encode_all(
-    jobs: list[tuple[VideoSpec, tuple[Path, Path]]],
-    num_frames: int,
-    size: int,
-    fps: int,
+def encode_in_processes(
+    encode: Callable[..., str],
+    jobs: list[tuple[Any, ...]],
     workers: int,
     progress: ProgressFn | None,
+    videos_per_job: int = 1,
 ) -> list[str]:
-    total, hashes = 2 * len(jobs), [""] * len(jobs)
+    """``encode(*job)`` for every job, in ``workers`` spawned processes (in this one if ``workers <= 1``);
+    the results in job order. ``progress(done, total)`` counts videos (``videos_per_job`` per job)."""
+    total, results = videos_per_job * len(jobs), [""] * len(jobs)
     if workers <= 1:
-        for i, (spec, paths) in enumerate(jobs):
-            hashes[i] = _encode_pair(spec, paths, num_frames, size, fps)
+        for i, job in enumerate(jobs):
+            results[i] = encode(*job)
             if progress:
-                progress(2 * (i + 1), total)
-        return hashes
+                progress(videos_per_job * (i + 1), total)
+        return results
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_encode_pair, s, p, num_frames, size, fps): i for i, (s, p) in enumerate(jobs)}
+        futures = {pool.submit(encode, *job): i for i, job in enumerate(jobs)}
         for done, future in enumerate(as_completed(futures), start=1):
-            hashes[futures[future]] = future.result()
+            results[futures[future]] = future.result()
             if progress:
-                progress(2 * done, total)
-    return hashes
+                progress(videos_per_job * done, total)
+    return results
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -468,7 +469,9 @@ def generate_synthetic(
     videos = out_dir / "videos"
     jobs = [(plan.specs[a], (videos / f"{a}.mp4", videos / f"{b}.mp4")) for a, b in plan.pairs]
     log.info("synthetic set: encoding %d videos into %s with %d worker(s)", 2 * len(jobs), out_dir, workers)
-    frame_hashes = _encode_all(jobs, num_frames, size, fps, workers, progress)
+    frame_hashes = encode_in_processes(
+        _encode_pair, [(*job, num_frames, size, fps) for job in jobs], workers, progress, videos_per_job=2
+    )
 
     file_sha = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
     listing = [f"{name}\t{sha}" for name, sha in sorted(file_sha.items())] + [f"videos/{v}.mp4" for v in plan.specs]

@@ -156,8 +156,12 @@ def comparisons(rows: list[RelationRow], cfg: StatsConfig) -> list[RelationCompa
     return out
 
 
-def comparison_table(protocol: str, found: list[RelationComparison], where: str) -> Table:
-    adjusted = holm([p for c in found for p in (c.group_p, c.video_p)])
+def holm_adjusted(found: list[RelationComparison]) -> list[float | None]:
+    """Holm-adjusted p-values of every comparison's two tests, in order (group score, video accuracy)."""
+    return holm([p for c in found for p in (c.group_p, c.video_p)])
+
+
+def comparison_table(protocol: str, found: list[RelationComparison], adjusted: list[float | None], where: str) -> Table:
     rows = []
     for i, c in enumerate(found):
         ag, av = adjusted[2 * i], adjusted[2 * i + 1]
@@ -182,9 +186,10 @@ def comparison_table(protocol: str, found: list[RelationComparison], where: str)
     return Table(f"{protocol}: relation probe, paired ({where})", columns, rows, [note])
 
 
-def verdict(rows: list[RelationRow], found: list[RelationComparison], where: str) -> Paragraph:
+def verdict(
+    rows: list[RelationRow], found: list[RelationComparison], adjusted: list[float | None], where: str
+) -> Paragraph:
     """Which rows are above the chance floor (CI above 6.25% and Holm p < 0.05 against ``random``)."""
-    adjusted = holm([p for c in found for p in (c.group_p, c.video_p)])
     above, near = [], []
     for r in rows:
         if r.group.method == "random":
@@ -229,8 +234,9 @@ def relation_blocks(protocol: str, groups: list[Group], other_runs: list[Run], c
             continue
         where = "; ".join(machines_of(runs))
         found = comparisons(these, cfg)
+        adjusted = holm_adjusted(found)
         blocks.append(rows_table(protocol, these, where))
         if found:
-            blocks.append(comparison_table(protocol, found, where))
-        blocks.append(verdict(these, found, where))
+            blocks.append(comparison_table(protocol, found, adjusted, where))
+        blocks.append(verdict(these, found, adjusted, where))
     return blocks
